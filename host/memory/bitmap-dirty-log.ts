@@ -1,0 +1,88 @@
+/**
+ * A dirty log that the emulator marks on every write to guest RAM (as KVM's dirty bitmap or
+ * QEMU's migration bitmap): one bit per page, in a heap of the log's own.
+ */
+
+import { ErrorCode, TandemError } from "../errors.ts";
+import { Heap } from "../wasm/heap.ts";
+import { kernelsFor, type KernelFlavor, type Kernels } from "../wasm/kernels.ts";
+import { DirtyLogState, nextDirtyLogState, type DirtyLog } from "./dirty-log.ts";
+import { MAX_GUEST_BYTES, PAGE_SIZE } from "./guest-memory.ts";
+
+/** Options of a {@link BitmapDirtyLog}. */
+export interface BitmapDirtyLogOptions {
+  /** Which kernels to run; default: see {@link defaultFlavor}. */
+  kernels?: KernelFlavor;
+}
+
+/** A dirty log marked by the emulator through {@link markRange}. */
+export class BitmapDirtyLog implements DirtyLog {
+  readonly pageCount: number;
+  readonly #kernels: Kernels;
+  readonly #heap: Heap;
+  readonly #map: number;
+  readonly #out: number;
+  readonly #bytes: number;
+  #state: DirtyLogState = DirtyLogState.Idle;
+  #epoch = 0;
+
+  /** A log for a guest of `guest.pageCount` pages (a {@link GuestMemory} will do). */
+  constructor(guest: { readonly pageCount: number }, options: BitmapDirtyLogOptions = {}) {
+    const pages = guest.pageCount;
+    if (!Number.isInteger(pages) || pages <= 0 || pages * PAGE_SIZE > MAX_GUEST_BYTES) {
+      throw new TandemError(ErrorCode.BadArgument, `page count ${pages}: expected 1 to ${MAX_GUEST_BYTES / PAGE_SIZE}`);
+    }
+    this.pageCount = pages;
+    this.#bytes = pages * PAGE_SIZE;
+    const mapBytes = Math.ceil(pages / 64) * 8;
+    this.#heap = Heap.create(mapBytes + pages * 4 + 256);
+    this.#map = this.#heap.alloc(mapBytes);
+    this.#out = this.#heap.alloc(pages * 4);
+    this.#kernels = kernelsFor(this.#heap, options.kernels);
+  }
+
+  get state(): DirtyLogState {
+    return this.#state;
+  }
+
+  get epoch(): number {
+    return this.#epoch;
+  }
+
+  /** Which kernels this log runs. */
+  get flavor(): KernelFlavor {
+    return this.#kernels.flavor;
+  }
+
+  /**
+   * Records a write of `len` bytes at guest address `addr`: every page the range touches is
+   * dirty. Zero-length writes mark nothing. A range outside the guest is an error (E_OUT_OF_RANGE),
+   * never silently clipped, since a lost mark is a lost page on the standby.
+   */
+  markRange(addr: number, len: number): void {
+    if (!(addr >= 0 && len >= 0 && addr + len <= this.#bytes) || !Number.isInteger(addr) || !Number.isInteger(len)) {
+      throw new TandemError(ErrorCode.OutOfRange, `write of ${len} bytes at ${addr} is outside the guest's ${this.#bytes} bytes`);
+    }
+    if (len === 0) return;
+    // Exact for all addresses below 2^53; shifts would wrap above 2 GiB.
+    this.#kernels.bitmapMark(this.#map, Math.floor(addr / PAGE_SIZE), Math.ceil((addr + len) / PAGE_SIZE));
+  }
+
+  /** Pages marked in the current epoch (a full epoch counts every page). */
+  count(): number {
+    return this.#kernels.bitmapCount(this.#map, this.pageCount);
+  }
+
+  arm(): void {
+    this.#state = nextDirtyLogState(this.#state, "arm");
+    // Every bit set: the first epoch reports every page, and marks made meanwhile are kept.
+    this.#kernels.bitmapMark(this.#map, 0, this.pageCount);
+  }
+
+  collect(): Uint32Array {
+    this.#state = nextDirtyLogState(this.#state, "collect");
+    const n = this.#kernels.bitmapScanClear(this.#map, this.pageCount, this.#out);
+    this.#epoch++;
+    return this.#heap.u32.slice(this.#out >>> 2, (this.#out >>> 2) + n);
+  }
+}

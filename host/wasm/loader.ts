@@ -1,0 +1,62 @@
+/**
+ * The one Wasm loader. Kernel bytes are embedded at build time (embedded.generated.ts), so
+ * loading is identical on Node, Deno and Bun. Each flavor's module is compiled once and
+ * instantiated per memory: a kernel instance always imports the memory it works on, which
+ * may be a memory tandem created or an emulator's own.
+ */
+
+import { KERNEL_WASM_BASE64 } from "./embedded.generated.ts";
+import { ErrorCode, TandemError } from "../errors.ts";
+
+/** Instruction-set flavors of the compiled kernels. */
+export type WasmFlavor = keyof typeof KERNEL_WASM_BASE64;
+
+/** The raw exports of a kernel instance (see assembly/index.ts for each contract). */
+export interface KernelExports {
+  bitmap_mark(map: number, first: number, end: number): void;
+  bitmap_count(map: number, bits: number): number;
+  bitmap_scan(map: number, bits: number, out: number): number;
+  bitmap_scan_clear(map: number, bits: number, out: number): number;
+  pages_compare(ram: number, shadow: number, pages: number, out: number): number;
+  pages_compare_copy(ram: number, shadow: number, pages: number, out: number): number;
+  pages_zero(ram: number, pages: number, list: number, count: number, out: number): number;
+}
+
+const modules = new Map<WasmFlavor, WebAssembly.Module>();
+const bytesCache = new Map<WasmFlavor, Uint8Array<ArrayBuffer>>();
+
+/** The embedded bytes of one flavor's module. */
+export function kernelBytes(flavor: WasmFlavor): Uint8Array<ArrayBuffer> {
+  let bytes = bytesCache.get(flavor);
+  if (!bytes) {
+    const text = atob(KERNEL_WASM_BASE64[flavor]);
+    bytes = new Uint8Array(text.length);
+    for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+    bytesCache.set(flavor, bytes);
+  }
+  return bytes;
+}
+
+/** Whether this runtime can run Wasm SIMD (validates the SIMD module itself). */
+export function simdSupported(): boolean {
+  return WebAssembly.validate(kernelBytes("simd"));
+}
+
+/** The compiled module of one flavor (compiled once, synchronously: it is ~1.5 KB). */
+export function kernelModule(flavor: WasmFlavor): WebAssembly.Module {
+  let module = modules.get(flavor);
+  if (!module) {
+    if (flavor === "simd" && !simdSupported()) {
+      throw new TandemError(ErrorCode.KernelUnavailable, "this runtime has no Wasm SIMD; use the scalar kernels");
+    }
+    module = new WebAssembly.Module(kernelBytes(flavor));
+    modules.set(flavor, module);
+  }
+  return module;
+}
+
+/** A new kernel instance of `flavor` working on `memory`. Instantiation writes nothing. */
+export function instantiateKernels(memory: WebAssembly.Memory, flavor: WasmFlavor): KernelExports {
+  const instance = new WebAssembly.Instance(kernelModule(flavor), { env: { memory } });
+  return instance.exports as unknown as KernelExports;
+}
