@@ -3,7 +3,7 @@
  * reports which loaded, which passed, and which one tandem will use (with SIMD or not).
  */
 
-import { KERNEL_FLAVORS, defaultFlavor, kernelsFor, type KernelFlavor } from "../wasm/kernels.ts";
+import { KERNEL_FLAVORS, SCAN_SLACK, defaultFlavor, kernelsFor, type KernelFlavor } from "../wasm/kernels.ts";
 import { Heap } from "../wasm/heap.ts";
 import { simdSupported } from "../wasm/loader.ts";
 import { runtimeName, runtimeVersion, type RuntimeName } from "../runtime/runtime.ts";
@@ -37,7 +37,7 @@ function knownAnswer(flavor: KernelFlavor): void {
   const heap = Heap.create(2 * PAGES * PAGE + 3 * PAGES * 4 + 4096);
   const k = kernelsFor(heap, flavor);
   const map = heap.alloc(Math.ceil(PAGES / 64) * 8);
-  const out = heap.alloc(PAGES * 4);
+  const out = heap.alloc((PAGES + SCAN_SLACK) * 4);
   k.bitmapMark(map, 3, 5);
   k.bitmapMark(map, 63, 66);
   k.bitmapMark(map, 199, 200);

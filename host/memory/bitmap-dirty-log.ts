@@ -5,7 +5,7 @@
 
 import { ErrorCode, TandemError } from "../errors.ts";
 import { Heap } from "../wasm/heap.ts";
-import { kernelsFor, type KernelFlavor, type Kernels } from "../wasm/kernels.ts";
+import { SCAN_SLACK, kernelsFor, type KernelFlavor, type Kernels } from "../wasm/kernels.ts";
 import { DirtyLogState, nextDirtyLogState, type DirtyLog } from "./dirty-log.ts";
 import { MAX_GUEST_BYTES, PAGE_SIZE } from "./guest-memory.ts";
 
@@ -35,9 +35,10 @@ export class BitmapDirtyLog implements DirtyLog {
     this.pageCount = pages;
     this.#bytes = pages * PAGE_SIZE;
     const mapBytes = Math.ceil(pages / 64) * 8;
-    this.#heap = Heap.create(mapBytes + pages * 4 + 256);
+    const outBytes = (pages + SCAN_SLACK) * 4;
+    this.#heap = Heap.create(mapBytes + outBytes + 256);
     this.#map = this.#heap.alloc(mapBytes);
-    this.#out = this.#heap.alloc(pages * 4);
+    this.#out = this.#heap.alloc(outBytes);
     this.#kernels = kernelsFor(this.#heap, options.kernels);
   }
 

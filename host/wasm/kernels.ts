@@ -21,6 +21,12 @@ export const KERNEL_FLAVORS: readonly KernelFlavor[] = ["simd", "scalar", "ts"];
 export { BAD_INDEX };
 
 /**
+ * Entries past the count that a bitmap scan may write (assembly/bitmap.ts SCAN_SLACK): its
+ * output needs room for `bits + SCAN_SLACK` u32s.
+ */
+export const SCAN_SLACK = 2;
+
+/**
  * The kernels over one heap. Every pointer is a byte offset into that heap's memory; maps and
  * page lists are 4-byte aligned; a map of `bits` pages spans ceil(bits/64) u64 words.
  */
@@ -31,7 +37,7 @@ export interface Kernels {
   bitmapMark(map: number, first: number, end: number): void;
   /** Counts the set bits among the first `bits`. */
   bitmapCount(map: number, bits: number): number;
-  /** Writes set bit indices ascending as u32 at `out`; returns the count. */
+  /** Writes set bit indices ascending as u32 at `out` (room: bits + {@link SCAN_SLACK}); returns the count. */
   bitmapScan(map: number, bits: number, out: number): number;
   /** As bitmapScan, and clears the map in the same pass. */
   bitmapScanClear(map: number, bits: number, out: number): number;

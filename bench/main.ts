@@ -1,0 +1,36 @@
+/**
+ * `npm run bench -- <suite> [--json]`. With --json, prints one JSON object
+ * {"suite", "runtime", "metrics"}; otherwise a table. Progress goes to stderr on a terminal.
+ * Ratios are measured within one run, side by side, so machine noise cancels out of them.
+ */
+
+import { runtimeName } from "../host/runtime/runtime.ts";
+import { runMemorySuite, type Progress } from "./memory.ts";
+
+const SUITES: Record<string, (progress: Progress) => Record<string, number>> = {
+  memory: runMemorySuite,
+};
+
+const args = process.argv.slice(2);
+const json = args.includes("--json");
+const names = args.filter((a) => !a.startsWith("--"));
+const unknown = names.filter((n) => !(n in SUITES));
+if (names.length !== 1 || unknown.length > 0) {
+  console.error(`usage: npm run bench -- <suite> [--json]; suites: ${Object.keys(SUITES).join(", ")}`);
+  process.exit(2);
+}
+const suite = names[0];
+const tty = process.stderr.isTTY === true;
+const progress: Progress = (message) => {
+  if (tty) process.stderr.write(`\r\x1b[K${suite}: ${message}`);
+};
+const metrics = SUITES[suite](progress);
+if (tty) process.stderr.write("\r\x1b[K");
+const runtime = runtimeName();
+if (json) {
+  console.log(JSON.stringify({ suite, runtime, metrics }));
+} else {
+  console.log(`${suite} suite on ${runtime}`);
+  const width = Math.max(...Object.keys(metrics).map((k) => k.length));
+  for (const [name, value] of Object.entries(metrics)) console.log(`  ${name.padEnd(width)}  ${value.toFixed(3)}`);
+}
