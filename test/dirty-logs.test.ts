@@ -1,6 +1,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { ErrorCode, TandemError } from "../host/errors.ts";
+import { ErrorCode } from "../host/errors.ts";
+import { errorCode } from "./support/errors.ts";
 import { BitmapDirtyLog } from "../host/memory/bitmap-dirty-log.ts";
 import { DetectingDirtyLog } from "../host/memory/detecting-dirty-log.ts";
 import { DirtyLogState, nextDirtyLogState } from "../host/memory/dirty-log.ts";
@@ -11,15 +12,6 @@ import { FLAVORS, bytesEqual } from "./support/flavors.ts";
 
 const test = suite("dirty logs, end to end");
 
-function code(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (error) {
-    return error instanceof TandemError ? error.code : `not a TandemError: ${String(error)}`;
-  }
-  return undefined;
-}
-
 const all = (n: number) => Array.from({ length: n }, (_, i) => i);
 const sorted = (s: Set<number>) => [...s].sort((a, b) => a - b);
 
@@ -28,14 +20,14 @@ test("the state machine: idle -> armed -> tracking; collect while idle is E_NOT_
   assert.is(nextDirtyLogState(DirtyLogState.Armed, "collect"), DirtyLogState.Tracking);
   assert.is(nextDirtyLogState(DirtyLogState.Tracking, "collect"), DirtyLogState.Tracking);
   assert.is(nextDirtyLogState(DirtyLogState.Tracking, "arm"), DirtyLogState.Armed);
-  assert.is(code(() => nextDirtyLogState(DirtyLogState.Idle, "collect")), ErrorCode.NotArmed);
+  assert.is(errorCode(() => nextDirtyLogState(DirtyLogState.Idle, "collect")), ErrorCode.NotArmed);
 });
 
 test("bitmap log: first epoch is every page; no write between arm and the first copy is lost", () => {
   for (const flavor of FLAVORS) {
     const log = new BitmapDirtyLog({ pageCount: 130 }, { kernels: flavor });
     assert.is(log.flavor, flavor);
-    assert.is(code(() => log.collect()), ErrorCode.NotArmed, "collect before arm");
+    assert.is(errorCode(() => log.collect()), ErrorCode.NotArmed, "collect before arm");
     log.markRange(5 * PAGE_SIZE, 1); // before arm: covered by the full first epoch anyway
     log.arm();
     log.markRange(7 * PAGE_SIZE, 1); // between arm and the first collect
@@ -59,11 +51,11 @@ test("bitmap log: markRange edges and bad ranges", () => {
   log.markRange(4 * PAGE_SIZE - 1, 1);
   assert.is(log.count(), 3);
   assert.equal(Array.from(log.collect()), [0, 1, 3]);
-  assert.is(code(() => log.markRange(4 * PAGE_SIZE, 1)), ErrorCode.OutOfRange, "past the end");
-  assert.is(code(() => log.markRange(-1, 4)), ErrorCode.OutOfRange, "negative address");
-  assert.is(code(() => log.markRange(0.5, 4)), ErrorCode.OutOfRange, "fractional address");
-  assert.is(code(() => log.markRange(0, Number.NaN)), ErrorCode.OutOfRange, "NaN length");
-  assert.is(code(() => new BitmapDirtyLog({ pageCount: 0 })), ErrorCode.BadArgument, "no pages");
+  assert.is(errorCode(() => log.markRange(4 * PAGE_SIZE, 1)), ErrorCode.OutOfRange, "past the end");
+  assert.is(errorCode(() => log.markRange(-1, 4)), ErrorCode.OutOfRange, "negative address");
+  assert.is(errorCode(() => log.markRange(0.5, 4)), ErrorCode.OutOfRange, "fractional address");
+  assert.is(errorCode(() => log.markRange(0, Number.NaN)), ErrorCode.OutOfRange, "NaN length");
+  assert.is(errorCode(() => new BitmapDirtyLog({ pageCount: 0 })), ErrorCode.BadArgument, "no pages");
 });
 
 test("bitmap log: random writes match a model, for every flavor", () => {
@@ -169,7 +161,7 @@ test("detecting log with a reserved scratch range and growth forbidden", () => {
     size: 8 * PAGE_SIZE,
     scratch: { reserved: { offset: 8 * PAGE_SIZE, size: 4 * PAGE_SIZE }, grow: false },
   });
-  assert.is(code(() => new DetectingDirtyLog(tooSmall)), ErrorCode.HeapFull, "no room for the shadow");
+  assert.is(errorCode(() => new DetectingDirtyLog(tooSmall)), ErrorCode.HeapFull, "no room for the shadow");
 });
 
 test("detecting log: the emulator growing its memory between collects changes nothing", () => {
@@ -181,7 +173,7 @@ test("detecting log: the emulator growing its memory between collects changes no
   memory.grow(3);
   guest.bytes()[5 * PAGE_SIZE + 9] = 1;
   assert.equal(Array.from(log.collect()), [5]);
-  assert.is(code(() => new DetectingDirtyLog(guest).collect()), ErrorCode.NotArmed);
+  assert.is(errorCode(() => new DetectingDirtyLog(guest).collect()), ErrorCode.NotArmed);
 });
 
 test.run();

@@ -1,18 +1,10 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { ErrorCode, TandemError } from "../host/errors.ts";
+import { ErrorCode } from "../host/errors.ts";
+import { errorCode } from "./support/errors.ts";
 import { GuestMemory, PAGE_SIZE } from "../host/memory/guest-memory.ts";
 
 const test = suite("guest memory regions");
-
-function code(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (error) {
-    return error instanceof TandemError ? error.code : `not a TandemError: ${String(error)}`;
-  }
-  return undefined;
-}
 
 test("a region of a Wasm memory: offset, size, pages, in-place heap", () => {
   const memory = new WebAssembly.Memory({ initial: 3 });
@@ -42,14 +34,14 @@ test("bytes() stays valid when the memory grows", () => {
 
 test("bad regions and pages are coded errors", () => {
   const buffer = new ArrayBuffer(4 * PAGE_SIZE);
-  assert.is(code(() => new GuestMemory(buffer, { size: 100 })), ErrorCode.BadRegion, "size not a page multiple");
-  assert.is(code(() => new GuestMemory(buffer, { size: 0 })), ErrorCode.BadRegion, "empty");
-  assert.is(code(() => new GuestMemory(buffer, { offset: -1 })), ErrorCode.BadRegion, "negative offset");
-  assert.is(code(() => new GuestMemory(buffer, { offset: 1.5, size: PAGE_SIZE })), ErrorCode.BadRegion, "fractional offset");
-  assert.is(code(() => new GuestMemory(buffer, { offset: PAGE_SIZE, size: 4 * PAGE_SIZE })), ErrorCode.BadRegion, "past the end");
+  assert.is(errorCode(() => new GuestMemory(buffer, { size: 100 })), ErrorCode.BadRegion, "size not a page multiple");
+  assert.is(errorCode(() => new GuestMemory(buffer, { size: 0 })), ErrorCode.BadRegion, "empty");
+  assert.is(errorCode(() => new GuestMemory(buffer, { offset: -1 })), ErrorCode.BadRegion, "negative offset");
+  assert.is(errorCode(() => new GuestMemory(buffer, { offset: 1.5, size: PAGE_SIZE })), ErrorCode.BadRegion, "fractional offset");
+  assert.is(errorCode(() => new GuestMemory(buffer, { offset: PAGE_SIZE, size: 4 * PAGE_SIZE })), ErrorCode.BadRegion, "past the end");
   const guest = new GuestMemory(buffer);
-  assert.is(code(() => guest.page(4)), ErrorCode.OutOfRange, "page past the end");
-  assert.is(code(() => guest.page(-1)), ErrorCode.OutOfRange, "negative page");
+  assert.is(errorCode(() => guest.page(4)), ErrorCode.OutOfRange, "page past the end");
+  assert.is(errorCode(() => guest.page(-1)), ErrorCode.OutOfRange, "negative page");
 });
 
 test.run();

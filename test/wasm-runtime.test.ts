@@ -1,22 +1,12 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { ErrorCode, TandemError } from "../host/errors.ts";
+import { ErrorCode } from "../host/errors.ts";
+import { errorCode } from "./support/errors.ts";
 import { Heap, WASM_PAGE_SIZE } from "../host/wasm/heap.ts";
 import { KERNEL_FLAVORS, defaultFlavor, kernelsFor } from "../host/wasm/kernels.ts";
 import { instantiateKernels, kernelBytes, simdSupported } from "../host/wasm/loader.ts";
 
 const test = suite("wasm loader and heap");
-
-function throwsCode(fn: () => unknown, code: string, what: string): void {
-  try {
-    fn();
-  } catch (error) {
-    assert.instance(error, TandemError, what);
-    assert.is((error as TandemError).code, code, what);
-    return;
-  }
-  assert.unreachable(`${what}: did not throw`);
-}
 
 test("embedded modules are valid Wasm and SIMD is available on this runtime", () => {
   for (const flavor of ["simd", "scalar"] as const) {
@@ -52,7 +42,7 @@ test("TANDEM_KERNELS picks the flavor, and a wrong value is a coded error", () =
       assert.is(defaultFlavor(), flavor);
     }
     process.env.TANDEM_KERNELS = "avx512";
-    throwsCode(() => defaultFlavor(), ErrorCode.BadArgument, "unknown flavor");
+    assert.is(errorCode(() => defaultFlavor()), ErrorCode.BadArgument, "unknown flavor");
   } finally {
     if (saved === undefined) delete process.env.TANDEM_KERNELS;
     else process.env.TANDEM_KERNELS = saved;
@@ -99,14 +89,15 @@ test("alloc aligns, zeroes, and takes space only from the reserved range or new 
 
 test("alloc fails with codes: bad sizes, no growth allowed, memory at its maximum", () => {
   const heap = new Heap(new WebAssembly.Memory({ initial: 1 }), { reserved: { offset: 0, size: 128 }, grow: false });
-  throwsCode(() => heap.alloc(-1), ErrorCode.BadArgument, "negative size");
-  throwsCode(() => heap.alloc(8, 3), ErrorCode.BadArgument, "alignment not a power of two");
+  assert.is(errorCode(() => heap.alloc(-1)), ErrorCode.BadArgument, "negative size");
+  assert.is(errorCode(() => heap.alloc(8, 3)), ErrorCode.BadArgument, "alignment not a power of two");
   heap.alloc(64);
-  throwsCode(() => heap.alloc(128), ErrorCode.HeapFull, "reserved range full, growth off");
+  assert.is(errorCode(() => heap.alloc(128)), ErrorCode.HeapFull, "reserved range full, growth off");
   const capped = new Heap(new WebAssembly.Memory({ initial: 1, maximum: 2 }));
   capped.alloc(WASM_PAGE_SIZE / 2);
-  throwsCode(() => capped.alloc(4 * WASM_PAGE_SIZE), ErrorCode.HeapFull, "memory maximum reached");
-  throwsCode(() => new Heap(new WebAssembly.Memory({ initial: 1 }), { reserved: { offset: 60000, size: 10000 } }), ErrorCode.BadRegion, "reserved range past the end");
+  assert.is(errorCode(() => capped.alloc(4 * WASM_PAGE_SIZE)), ErrorCode.HeapFull, "memory maximum reached");
+  const outside = () => new Heap(new WebAssembly.Memory({ initial: 1 }), { reserved: { offset: 60000, size: 10000 } });
+  assert.is(errorCode(outside), ErrorCode.BadRegion, "reserved range past the end");
 });
 
 test.run();

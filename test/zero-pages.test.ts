@@ -1,6 +1,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { ErrorCode, TandemError } from "../host/errors.ts";
+import { ErrorCode } from "../host/errors.ts";
+import { errorCode } from "./support/errors.ts";
 import { GuestMemory, PAGE_SIZE } from "../host/memory/guest-memory.ts";
 import { STAGING_PAGES } from "../host/memory/ram-access.ts";
 import { ZeroPageFinder } from "../host/memory/zero-pages.ts";
@@ -17,15 +18,6 @@ function fill(guest: GuestMemory, seed: number): Set<number> {
     else guest.bytes()[p * PAGE_SIZE + Math.floor(random() * PAGE_SIZE)] = 1 + Math.floor(random() * 255);
   }
   return zero;
-}
-
-function errorCode(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (error) {
-    return error instanceof TandemError ? error.code : String(error);
-  }
-  return undefined;
 }
 
 test("finds the zero pages of a list, in place and staged, for every flavor", () => {

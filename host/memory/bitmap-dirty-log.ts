@@ -6,7 +6,7 @@
 import { ErrorCode, TandemError } from "../errors.ts";
 import { Heap } from "../wasm/heap.ts";
 import { SCAN_SLACK, kernelsFor, type KernelFlavor, type Kernels } from "../wasm/kernels.ts";
-import { DirtyLogState, nextDirtyLogState, type DirtyLog } from "./dirty-log.ts";
+import { DirtyLogBase } from "./dirty-log.ts";
 import { MAX_GUEST_BYTES, PAGE_SIZE } from "./guest-memory.ts";
 
 /** Options of a {@link BitmapDirtyLog}. */
@@ -16,18 +16,17 @@ export interface BitmapDirtyLogOptions {
 }
 
 /** A dirty log marked by the emulator through {@link markRange}. */
-export class BitmapDirtyLog implements DirtyLog {
+export class BitmapDirtyLog extends DirtyLogBase {
   readonly pageCount: number;
   readonly #kernels: Kernels;
   readonly #heap: Heap;
   readonly #map: number;
   readonly #out: number;
   readonly #bytes: number;
-  #state: DirtyLogState = DirtyLogState.Idle;
-  #epoch = 0;
 
   /** A log for a guest of `guest.pageCount` pages (a {@link GuestMemory} will do). */
   constructor(guest: { readonly pageCount: number }, options: BitmapDirtyLogOptions = {}) {
+    super();
     const pages = guest.pageCount;
     if (!Number.isInteger(pages) || pages <= 0 || pages * PAGE_SIZE > MAX_GUEST_BYTES) {
       throw new TandemError(ErrorCode.BadArgument, `page count ${pages}: expected 1 to ${MAX_GUEST_BYTES / PAGE_SIZE}`);
@@ -40,14 +39,6 @@ export class BitmapDirtyLog implements DirtyLog {
     this.#map = this.#heap.alloc(mapBytes);
     this.#out = this.#heap.alloc(outBytes);
     this.#kernels = kernelsFor(this.#heap, options.kernels);
-  }
-
-  get state(): DirtyLogState {
-    return this.#state;
-  }
-
-  get epoch(): number {
-    return this.#epoch;
   }
 
   /** Which kernels this log runs. */
@@ -74,16 +65,13 @@ export class BitmapDirtyLog implements DirtyLog {
     return this.#kernels.bitmapCount(this.#map, this.pageCount);
   }
 
-  arm(): void {
-    this.#state = nextDirtyLogState(this.#state, "arm");
+  protected onArm(): void {
     // Every bit set: the first epoch reports every page, and marks made meanwhile are kept.
     this.#kernels.bitmapMark(this.#map, 0, this.pageCount);
   }
 
-  collect(): Uint32Array {
-    this.#state = nextDirtyLogState(this.#state, "collect");
+  protected take(): Uint32Array {
     const n = this.#kernels.bitmapScanClear(this.#map, this.pageCount, this.#out);
-    this.#epoch++;
     return this.#heap.u32.slice(this.#out >>> 2, (this.#out >>> 2) + n);
   }
 }

@@ -7,12 +7,12 @@
  * that resumes the guest before sending the pages (speculative execution) reads them from
  * {@link DetectingDirtyLog.shadow}, not from live RAM.
  *
- * Why compare and not hash: see docs/dirty-logs.md (compare is exact and, measured by
- * `npm run bench -- memory`, fast enough that a 64-bit page hash would buy risk, not speed).
+ * Why compare and not hash: compare is exact, and `npm run bench -- memory` measures it at the
+ * speed of native memcmp; docs/dirty-logs.md weighs the alternative.
  */
 
 import { kernelsFor, type KernelFlavor, type Kernels } from "../wasm/kernels.ts";
-import { DirtyLogState, nextDirtyLogState, type DirtyLog } from "./dirty-log.ts";
+import { DirtyLogBase } from "./dirty-log.ts";
 import { PAGE_SIZE, type GuestMemory } from "./guest-memory.ts";
 import { RamAccess } from "./ram-access.ts";
 
@@ -23,35 +23,26 @@ export interface DetectingDirtyLogOptions {
 }
 
 /** A dirty log that detects changes against a shadow copy. */
-export class DetectingDirtyLog implements DirtyLog {
+export class DetectingDirtyLog extends DirtyLogBase {
   readonly pageCount: number;
   readonly #guest: GuestMemory;
   readonly #access: RamAccess;
   readonly #kernels: Kernels;
   readonly #shadow: number;
   readonly #out: number;
-  #state: DirtyLogState = DirtyLogState.Idle;
-  #epoch = 0;
 
   /**
    * A log over `guest`. Its shadow (guest-sized) and page list live beside the RAM when the
    * RAM is a WebAssembly.Memory (see {@link GuestRegion.scratch}), else in a heap of its own.
    */
   constructor(guest: GuestMemory, options: DetectingDirtyLogOptions = {}) {
+    super();
     this.#guest = guest;
     this.pageCount = guest.pageCount;
     this.#access = new RamAccess(guest, guest.size + guest.pageCount * 4 + 2 * PAGE_SIZE);
     this.#shadow = this.#access.heap.alloc(guest.size, PAGE_SIZE);
     this.#out = this.#access.heap.alloc(guest.pageCount * 4);
     this.#kernels = kernelsFor(this.#access.heap, options.kernels);
-  }
-
-  get state(): DirtyLogState {
-    return this.#state;
-  }
-
-  get epoch(): number {
-    return this.#epoch;
   }
 
   /** Which kernels this log runs. */
@@ -64,14 +55,11 @@ export class DetectingDirtyLog implements DirtyLog {
     return this.#access.inPlace;
   }
 
-  arm(): void {
-    this.#state = nextDirtyLogState(this.#state, "arm");
+  protected onArm(): void {
+    // Nothing to set up: the full first epoch is what fills the shadow.
   }
 
-  collect(): Uint32Array {
-    const full = this.#state === DirtyLogState.Armed;
-    this.#state = nextDirtyLogState(this.#state, "collect");
-    this.#epoch++;
+  protected take(full: boolean): Uint32Array {
     return full ? this.#takeAll() : this.#takeChanged();
   }
 

@@ -52,3 +52,39 @@ export interface DirtyLog {
    */
   collect(): Uint32Array;
 }
+
+/**
+ * The bookkeeping every log shares: the state machine and the epoch count. A log supplies
+ * what arming does to it and how it takes an epoch's pages.
+ */
+export abstract class DirtyLogBase implements DirtyLog {
+  abstract readonly pageCount: number;
+  #state: DirtyLogState = DirtyLogState.Idle;
+  #epoch = 0;
+
+  get state(): DirtyLogState {
+    return this.#state;
+  }
+
+  get epoch(): number {
+    return this.#epoch;
+  }
+
+  arm(): void {
+    this.#state = nextDirtyLogState(this.#state, "arm");
+    this.onArm();
+  }
+
+  collect(): Uint32Array {
+    const full = this.#state === DirtyLogState.Armed;
+    this.#state = nextDirtyLogState(this.#state, "collect");
+    this.#epoch++;
+    return this.take(full);
+  }
+
+  /** Called on every arm(), after the state changed. */
+  protected abstract onArm(): void;
+
+  /** The epoch's pages; `full` on the first collect after arming, when every page is owed. */
+  protected abstract take(full: boolean): Uint32Array;
+}

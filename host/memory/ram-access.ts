@@ -22,11 +22,15 @@ export class RamAccess {
   readonly inPlace: boolean;
   readonly #window: number;
 
-  constructor(guest: GuestMemory, stagingHeapBytes = 0) {
+  /**
+   * `extraBytes`: what the caller will allocate in {@link heap} besides the window, so that a
+   * heap of tandem's own (staged case) is sized once and never grows.
+   */
+  constructor(guest: GuestMemory, extraBytes = 0) {
     this.guest = guest;
     const heap = guest.heap;
     this.inPlace = heap !== undefined;
-    this.heap = heap ?? Heap.create(stagingHeapBytes + STAGING_PAGES * PAGE_SIZE + PAGE_SIZE);
+    this.heap = heap ?? Heap.create(extraBytes + STAGING_PAGES * PAGE_SIZE + PAGE_SIZE);
     this.#window = this.inPlace ? 0 : this.heap.alloc(STAGING_PAGES * PAGE_SIZE, PAGE_SIZE);
   }
 

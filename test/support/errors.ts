@@ -1,0 +1,16 @@
+/** Error-code checks shared by the tests. */
+
+import { TandemError } from "../../host/errors.ts";
+
+/**
+ * The code of the TandemError `fn` throws; undefined if it returns; a description if it
+ * throws something else (so an assertion on the code fails with a useful message).
+ */
+export function errorCode(fn: () => unknown): string | undefined {
+  try {
+    fn();
+  } catch (error) {
+    return error instanceof TandemError ? error.code : `not a TandemError: ${String(error)}`;
+  }
+  return undefined;
+}
