@@ -17,6 +17,34 @@ export const ErrorCode = {
   KernelUnavailable: "E_KERNEL_UNAVAILABLE",
   /** A dirty log was read before {@link DirtyLog.arm} was called. */
   NotArmed: "E_NOT_ARMED",
+
+  // The transaction protocol (host/protocol/). After any of these the session is dead.
+  /** A frame without payload (BEGIN, COMMIT, CANCEL, ACK, NACK) could not be written. */
+  SendHeader: "E_SEND_HEADER",
+  /** The stream ended or broke inside a frame header, or a header made no sense. */
+  RecvHeader: "E_RECV_HEADER",
+  /** A frame with payload (CONTINUE, ATOMIC) could not be written. */
+  SendPayload: "E_SEND_PAYLOAD",
+  /** The stream ended inside a frame's payload. */
+  RecvPayload: "E_RECV_PAYLOAD",
+  /** Buffered frames could not be flushed to the transport. */
+  Flush: "E_FLUSH",
+  /** A call or a frame that the protocol's state machine does not allow now. */
+  InvalidState: "E_INVALID_STATE",
+  /** A payload, frame or transaction over the configured limit. */
+  PayloadTooLarge: "E_PAYLOAD_TOO_LARGE",
+  /** A frame's seq is not the next one. */
+  SeqMismatch: "E_SEQ_MISMATCH",
+  /** A frame's transaction id is not the current one. */
+  IdMismatch: "E_ID_MISMATCH",
+  /** The peer closed the connection (or it broke) with the session still in use. */
+  PeerClosed: "E_PEER_CLOSED",
+  /** The peer did not answer within the configured time. */
+  Timeout: "E_TIMEOUT",
+  /** The receiver refused the transaction (NACK). The session goes on. */
+  Refused: "E_REFUSED",
+  /** The transaction was cancelled by the other side. The session goes on. */
+  Cancelled: "E_CANCELLED",
 } as const;
 
 /** One of the values of {@link ErrorCode}. */

@@ -1,5 +1,5 @@
 /**
- * The dirty-page kernels behind one typed interface, in three flavors: Wasm with SIMD, Wasm
+ * The kernels (dirty pages, transaction frames) behind one typed interface, in three flavors: Wasm with SIMD, Wasm
  * without, and the plain-TypeScript twin. All three take byte offsets into one {@link Heap}
  * and give identical results (the tests hold them to it), so callers pick by speed alone.
  */
@@ -11,6 +11,7 @@ import { instantiateKernels, simdSupported } from "./loader.ts";
 import { bitmapCount, bitmapMark, bitmapScan, bitmapScanClear } from "./twin/bitmap.ts";
 import { pagesCompare, pagesCompareCopy } from "./twin/compare.ts";
 import { BAD_INDEX, pagesZero } from "./twin/zero.ts";
+import { frameDecode, frameEncode } from "./twin/frame.ts";
 
 /** Which implementation runs: Wasm SIMD, Wasm scalar, or the TypeScript twin. */
 export type KernelFlavor = "simd" | "scalar" | "ts";
@@ -47,6 +48,10 @@ export interface Kernels {
   pagesCompareCopy(ram: number, shadow: number, pages: number, out: number): number;
   /** Writes the all-zero pages among `count` listed indices at `out`; returns the count or {@link BAD_INDEX}. */
   pagesZero(ram: number, pages: number, list: number, count: number, out: number): number;
+  /** Writes a transaction frame (header + payload) at `out`; returns its size. See assembly/frame.ts. */
+  frameEncode(out: number, cmd: number, id: number, seq: number, payload: number, len: number): number;
+  /** Decodes a piece of a frame stream, continuing from `state`; returns the number of events. */
+  frameDecode(state: number, input: number, len: number, events: number, maxEvents: number, maxPayload: number, stopMask: number): number;
 }
 
 /**
@@ -90,6 +95,9 @@ function wasmKernels(heap: Heap, flavor: "simd" | "scalar"): Kernels {
     pagesCompare: (ram, shadow, pages, out) => e.pages_compare(ram, shadow, pages, out) >>> 0,
     pagesCompareCopy: (ram, shadow, pages, out) => e.pages_compare_copy(ram, shadow, pages, out) >>> 0,
     pagesZero: (ram, pages, list, count, out) => e.pages_zero(ram, pages, list, count, out) >>> 0,
+    frameEncode: (out, cmd, id, seq, payload, len) => e.frame_encode(out, cmd, id, seq, payload, len) >>> 0,
+    frameDecode: (state, input, len, events, maxEvents, maxPayload, stopMask) =>
+      e.frame_decode(state, input, len, events, maxEvents, maxPayload, stopMask) >>> 0,
   };
 }
 
@@ -103,5 +111,8 @@ function twinKernels(heap: Heap): Kernels {
     pagesCompare: (ram, shadow, pages, out) => pagesCompare(heap, ram, shadow, pages, out),
     pagesCompareCopy: (ram, shadow, pages, out) => pagesCompareCopy(heap, ram, shadow, pages, out),
     pagesZero: (ram, pages, list, count, out) => pagesZero(heap, ram, pages, list, count, out),
+    frameEncode: (out, cmd, id, seq, payload, len) => frameEncode(heap, out, cmd, id, seq, payload, len),
+    frameDecode: (state, input, len, events, maxEvents, maxPayload, stopMask) =>
+      frameDecode(heap, state, input, len, events, maxEvents, maxPayload, stopMask),
   };
 }

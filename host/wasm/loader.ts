@@ -20,6 +20,8 @@ export interface KernelExports {
   pages_compare(ram: number, shadow: number, pages: number, out: number): number;
   pages_compare_copy(ram: number, shadow: number, pages: number, out: number): number;
   pages_zero(ram: number, pages: number, list: number, count: number, out: number): number;
+  frame_encode(out: number, cmd: number, id: number, seq: number, payload: number, len: number): number;
+  frame_decode(state: number, input: number, len: number, events: number, maxEvents: number, maxPayload: number, stopMask: number): number;
 }
 
 const modules = new Map<WasmFlavor, WebAssembly.Module>();

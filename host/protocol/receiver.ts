@@ -1,0 +1,463 @@
+/**
+ * The receiving side of a transaction session (seed 000's ft_trans_file, as a receiver).
+ *
+ * It opens the session with an ACK, buffers each transaction, and hands it whole to its consumer
+ * only at COMMIT (or at once for ATOMIC); a transaction that is cancelled, cut off by the peer,
+ * or broken in any way never reaches the consumer. The answer goes out after the consumer has
+ * finished: ACK if it returned (or its promise resolved), NACK if it threw. (The seed sent ACK
+ * before applying; then an ACK could stand for a checkpoint the standby never had.)
+ *
+ * Bytes from the transport are copied once into a memory of the receiver's own and decoded in
+ * place by the frame kernel; the consumer gets the payloads as views into that memory, valid
+ * until it returns. How much may be buffered is bounded: one frame's payload by
+ * `maxFramePayload`, one transaction by `maxTransactionBytes`.
+ */
+
+import { ErrorCode, TandemError } from "../errors.ts";
+import { tracerFor, type Tracer } from "../trace.ts";
+import { Heap, WASM_PAGE_SIZE } from "../wasm/heap.ts";
+import { kernelsFor, type KernelFlavor, type Kernels } from "../wasm/kernels.ts";
+import { CMD_NAMES, Cmd, DECODER_STATE_SIZE, EVENT_SIZE, FrameDecoder, HEADER_SIZE, cmdMask, type FrameSink } from "./frame.ts";
+import { SessionState, isIdle, receiverTransition, type ReceiverEvent } from "./session-state.ts";
+import type { Transport } from "./transport.ts";
+
+/** A whole transaction, as the consumer sees it. */
+export interface ReceivedTransaction {
+  /** The transaction id. */
+  readonly id: number;
+  /** True if it came as one ATOMIC frame. */
+  readonly atomic: boolean;
+  /** The payloads in order: views valid until the consumer returns (copy what you keep). */
+  readonly segments: readonly Uint8Array[];
+  /** Total payload bytes. */
+  readonly byteLength: number;
+  /** All payload bytes in one new array. */
+  bytes(): Uint8Array;
+}
+
+/** Applies a transaction; throwing (or rejecting) refuses it with a NACK. */
+export type TransactionConsumer = (transaction: ReceivedTransaction) => void | Promise<void>;
+
+/** Options of a {@link TransactionReceiver}. */
+export interface ReceiverOptions {
+  /** Largest payload of one frame. Default 1 MiB. */
+  maxFramePayload?: number;
+  /** Largest total payload of one transaction. Default 256 MiB. */
+  maxTransactionBytes?: number;
+  /** Longest silence allowed inside an open transaction, in ms; 0 for none. Default 0. */
+  idleTimeoutMs?: number;
+  /** Which frame kernels to run; default: see {@link defaultFlavor}. */
+  kernels?: KernelFlavor;
+}
+
+/** What a receiver has done, and what it holds. */
+export interface ReceiverStats {
+  applied: number;
+  refused: number;
+  /** Transactions the sender cancelled, and ones this receiver cancelled. */
+  cancelledBySender: number;
+  cancelledHere: number;
+  /** Bytes received from the transport. */
+  bytes: number;
+  /** Bytes held now, and the most held at once. */
+  bufferedBytes: number;
+  peakBufferedBytes: number;
+}
+
+const EVENTS = 256;
+const STOP = cmdMask(Cmd.Commit, Cmd.Atomic, Cmd.Cancel);
+const RECV_EVENT: Partial<Record<number, ReceiverEvent>> = {
+  [Cmd.Begin]: "recv-begin",
+  [Cmd.Continue]: "recv-continue",
+  [Cmd.Commit]: "recv-commit",
+  [Cmd.Atomic]: "recv-atomic",
+  [Cmd.Cancel]: "recv-cancel",
+};
+
+/** The receiving side of a transaction session. */
+export class TransactionReceiver implements FrameSink {
+  readonly #transport: Transport;
+  readonly #consumer: TransactionConsumer;
+  readonly #heap: Heap;
+  readonly #kernels: Kernels;
+  readonly #decoder: FrameDecoder;
+  readonly #trace: Tracer | undefined;
+  readonly #maxTransaction: number;
+  readonly #maxBuffered: number;
+  readonly #idleMs: number;
+  readonly #answer: number;
+  readonly #rxBase: number;
+  #rxEnd: number;
+  #decodePos: number;
+  #state: SessionState = SessionState.Init;
+  #expectedId = 0;
+  #lastSeq = 0;
+  #segments: number[] = [];
+  #txnBytes = 0;
+  #frameLeft = 0;
+  #complete = false;
+  #cancelledId: number | undefined;
+  #dropping = false;
+  #applying = false;
+  #queued: Uint8Array[] = [];
+  #peerGone: Error | undefined | null = null;
+  #idleTimer: ReturnType<typeof setTimeout> | undefined;
+  #error: TandemError | undefined;
+  #ended = false;
+  readonly #done: Promise<void>;
+  #resolveDone!: () => void;
+  #rejectDone!: (error: Error) => void;
+  readonly #stats: ReceiverStats = {
+    applied: 0, refused: 0, cancelledBySender: 0, cancelledHere: 0, bytes: 0, bufferedBytes: 0, peakBufferedBytes: 0,
+  };
+
+  constructor(transport: Transport, consumer: TransactionConsumer, options: ReceiverOptions = {}) {
+    const maxFrame = options.maxFramePayload ?? 1 << 20;
+    this.#maxTransaction = options.maxTransactionBytes ?? 256 << 20;
+    if (!Number.isInteger(this.#maxTransaction) || this.#maxTransaction < 0) {
+      throw new TandemError(ErrorCode.BadArgument, `maxTransactionBytes ${this.#maxTransaction}: expected a non-negative integer`);
+    }
+    // A transaction's payload, its headers, and one more frame in flight behind it.
+    this.#maxBuffered = this.#maxTransaction + maxFrame + 2 * HEADER_SIZE + (1 << 20);
+    this.#idleMs = options.idleTimeoutMs ?? 0;
+    this.#transport = transport;
+    this.#consumer = consumer;
+    const meta = DECODER_STATE_SIZE + EVENTS * EVENT_SIZE + 2 * 64 + HEADER_SIZE;
+    const metaPages = Math.ceil(meta / WASM_PAGE_SIZE);
+    // Own memory: fixed bookkeeping first, then the receive area, which grows at the end.
+    this.#heap = new Heap(new WebAssembly.Memory({ initial: metaPages + 1 }), { reserved: { offset: 0, size: meta + 64 }, grow: false });
+    this.#kernels = kernelsFor(this.#heap, options.kernels);
+    this.#decoder = new FrameDecoder(this.#heap, this.#kernels, { maxPayload: maxFrame, maxEvents: EVENTS });
+    this.#answer = this.#heap.alloc(HEADER_SIZE);
+    this.#rxBase = metaPages * WASM_PAGE_SIZE;
+    this.#rxEnd = this.#decodePos = this.#rxBase;
+    this.#trace = tracerFor("protocol");
+    this.#done = new Promise<void>((resolve, reject) => {
+      this.#resolveDone = resolve;
+      this.#rejectDone = reject;
+    });
+    this.#done.catch(() => {}); // reported through `done`; never an unhandled rejection
+    transport.onData((chunk) => this.#received(chunk));
+    transport.onClose((error) => this.#closed(error));
+  }
+
+  /** The session state (see session-state.ts). */
+  get state(): SessionState {
+    return this.#state;
+  }
+
+  /** The id the next (or the open) transaction must carry. */
+  get expectedId(): number {
+    return this.#expectedId;
+  }
+
+  /** A snapshot of the counters. */
+  get stats(): ReceiverStats {
+    return { ...this.#stats };
+  }
+
+  /** The error that ended the session, if one did. */
+  get error(): TandemError | undefined {
+    return this.#error;
+  }
+
+  /** Settles when the session ends: resolves if the peer closed between transactions, else rejects with the error. */
+  get done(): Promise<void> {
+    return this.#done;
+  }
+
+  /** Opens the session: the ACK that tells the sender to begin. */
+  open(): void {
+    this.#guard(() => {
+      this.#step("open");
+      this.#send(Cmd.Ack, 0);
+    });
+  }
+
+  /** Refuses the transaction in progress (CANCEL); its frames still in flight are dropped. */
+  cancel(): void {
+    this.#guard(() => {
+      this.#step("cancel");
+      this.#send(Cmd.Cancel, this.#expectedId);
+      this.#cancelledId = this.#expectedId;
+      this.#expectedId = (this.#expectedId + 1) & 0xffff;
+      this.#segments = [];
+      this.#stats.cancelledHere++;
+      this.#idle();
+    });
+  }
+
+  /** Ends the session and closes the transport. */
+  close(): void {
+    this.#fail(new TandemError(ErrorCode.InvalidState, "the receiver was closed"));
+  }
+
+  // --- FrameSink: called by the decoder, in stream order ---------------------------------------
+
+  /** @internal */
+  header(cmd: number, id: number, seq: number, payloadLength: number): void {
+    this.#trace?.("recv_header", { cmd: CMD_NAMES[cmd] ?? cmd, id, seq, len: payloadLength });
+    if (this.#cancelledId !== undefined) {
+      if (id === this.#cancelledId) {
+        this.#dropping = true; // the rest of a transaction this side cancelled
+        return;
+      }
+      this.#cancelledId = undefined;
+    }
+    this.#dropping = false;
+    const event = RECV_EVENT[cmd];
+    if (cmd > Cmd.Nack) throw new TandemError(ErrorCode.RecvHeader, `unknown command ${cmd} in a frame header`);
+    if (event === undefined) throw new TandemError(ErrorCode.InvalidState, `a sender never sends ${CMD_NAMES[cmd]}`);
+    if (payloadLength !== 0 && cmd !== Cmd.Continue && cmd !== Cmd.Atomic) {
+      throw new TandemError(ErrorCode.RecvHeader, `${CMD_NAMES[cmd]} carries no payload, but its header announces ${payloadLength} bytes`);
+    }
+    if (this.#state === SessionState.Init) throw new TandemError(ErrorCode.InvalidState, `${CMD_NAMES[cmd]} before the session was opened`);
+    if (id !== this.#expectedId) throw new TandemError(ErrorCode.IdMismatch, `${CMD_NAMES[cmd]} for transaction ${id}, expected ${this.#expectedId}`);
+    const first = cmd === Cmd.Begin || cmd === Cmd.Atomic;
+    const wantSeq = first ? 0 : (this.#lastSeq + 1) >>> 0;
+    if (seq !== wantSeq) throw new TandemError(ErrorCode.SeqMismatch, `${CMD_NAMES[cmd]} with seq ${seq}, expected ${wantSeq}`);
+    this.#step(event);
+    this.#lastSeq = seq;
+    if (first) {
+      this.#segments = [];
+      this.#txnBytes = 0;
+    }
+    this.#frameLeft = payloadLength;
+    if (cmd === Cmd.Commit || (cmd === Cmd.Atomic && payloadLength === 0)) this.#complete = true;
+    if (cmd === Cmd.Cancel) {
+      this.#segments = [];
+      this.#expectedId = (this.#expectedId + 1) & 0xffff;
+      this.#stats.cancelledBySender++;
+    }
+  }
+
+  /** @internal */
+  payload(offset: number, length: number): void {
+    if (this.#dropping) return;
+    this.#segments.push(offset, length);
+    this.#txnBytes += length;
+    if (this.#txnBytes > this.#maxTransaction) {
+      throw new TandemError(ErrorCode.PayloadTooLarge, `transaction ${this.#expectedId} passed ${this.#maxTransaction} bytes`);
+    }
+    this.#frameLeft -= length;
+    if (this.#state === SessionState.Atomic && this.#frameLeft === 0) this.#complete = true;
+  }
+
+  // --- the byte stream -----------------------------------------------------------------------
+
+  #received(chunk: Uint8Array): void {
+    if (this.#error || this.#ended) return;
+    this.#stats.bytes += chunk.length;
+    this.#quietly(() => {
+      if (this.#applying) {
+        // The consumer holds views into our memory: growing it now would detach them. Queue a copy.
+        this.#account(chunk.length);
+        this.#queued.push(chunk.slice());
+        return;
+      }
+      this.#append(chunk);
+      this.#pump();
+      this.#armIdleTimer(); // after decoding: this chunk may have opened a transaction
+    });
+  }
+
+  #append(chunk: Uint8Array): void {
+    const end = this.#rxEnd + chunk.length;
+    this.#account(chunk.length);
+    const size = this.#heap.memory.buffer.byteLength;
+    if (end > size) {
+      // Grow at least twofold so a long transaction costs few grows.
+      const pages = Math.max(Math.ceil((end - size) / WASM_PAGE_SIZE), size / WASM_PAGE_SIZE);
+      try {
+        this.#heap.memory.grow(pages);
+      } catch {
+        throw new TandemError(ErrorCode.PayloadTooLarge, `cannot grow the receive buffer to ${end} bytes`);
+      }
+    }
+    this.#heap.u8.set(chunk, this.#rxEnd);
+    this.#rxEnd = end;
+  }
+
+  /** Checks that `more` bytes on top of what is held stay within the bound, and records the peak. */
+  #account(more: number): void {
+    const held = this.#rxEnd - this.#rxBase + this.#queuedBytes() + more;
+    if (held > this.#maxBuffered) {
+      throw this.#die(new TandemError(ErrorCode.PayloadTooLarge, `the sender pushed more than ${this.#maxBuffered} bytes without a transaction ending`));
+    }
+    this.#stats.bufferedBytes = held;
+    if (held > this.#stats.peakBufferedBytes) this.#stats.peakBufferedBytes = held;
+  }
+
+  #queuedBytes(): number {
+    return this.#queued.reduce((n, c) => n + c.length, 0);
+  }
+
+  /** Decodes what is buffered, delivering each transaction as it completes. */
+  #pump(): void {
+    while (!this.#applying && !this.#error && this.#decodePos < this.#rxEnd) {
+      this.#decodePos += this.#decoder.decode(this.#decodePos, this.#rxEnd - this.#decodePos, STOP, this);
+      if (this.#complete) {
+        this.#complete = false;
+        void this.#deliver();
+        return;
+      }
+    }
+    if (isIdle(this.#state)) this.#compact();
+  }
+
+  /** Moves undecoded bytes to the start of the receive area; only between transactions. */
+  #compact(): void {
+    const rest = this.#rxEnd - this.#decodePos;
+    if (this.#decodePos !== this.#rxBase) this.#heap.u8.copyWithin(this.#rxBase, this.#decodePos, this.#rxEnd);
+    this.#decodePos = this.#rxBase;
+    this.#rxEnd = this.#rxBase + rest;
+    this.#stats.bufferedBytes = rest;
+  }
+
+  async #deliver(): Promise<void> {
+    this.#applying = true;
+    this.#idle();
+    const id = this.#expectedId;
+    const u8 = this.#heap.u8;
+    const segments: Uint8Array[] = [];
+    for (let i = 0; i < this.#segments.length; i += 2) {
+      segments.push(u8.subarray(this.#segments[i], this.#segments[i] + this.#segments[i + 1]));
+    }
+    const byteLength = this.#txnBytes;
+    const transaction: ReceivedTransaction = {
+      id,
+      atomic: this.#state === SessionState.Atomic,
+      segments,
+      byteLength,
+      bytes: () => {
+        const all = new Uint8Array(byteLength);
+        let at = 0;
+        for (const s of segments) {
+          all.set(s, at);
+          at += s.length;
+        }
+        return all;
+      },
+    };
+    this.#trace?.("deliver", { id, bytes: byteLength, segments: segments.length });
+    let refusal: unknown;
+    try {
+      await this.#consumer(transaction);
+    } catch (error) {
+      refusal = error ?? new Error("refused");
+    }
+    this.#applying = false;
+    this.#segments = [];
+    if (this.#error) return;
+    this.#quietly(() => {
+      if (refusal === undefined) {
+        this.#step("applied");
+        this.#stats.applied++;
+        this.#send(Cmd.Ack, id);
+      } else {
+        this.#trace?.("refuse", { id, reason: refusal instanceof Error ? refusal.message : String(refusal) });
+        this.#step("refused");
+        this.#stats.refused++;
+        this.#send(Cmd.Nack, id);
+      }
+      this.#expectedId = (id + 1) & 0xffff;
+      this.#compact();
+      const queued = this.#queued.splice(0);
+      for (const chunk of queued) this.#append(chunk);
+      this.#pump();
+      this.#armIdleTimer();
+      // A close that came while the consumer ran takes effect once what came before it is decoded.
+      if (!this.#applying && this.#peerGone !== null) this.#closed(this.#peerGone ?? undefined);
+    });
+  }
+
+  #send(cmd: number, id: number): void {
+    this.#trace?.("send_header", { cmd: CMD_NAMES[cmd], id });
+    this.#kernels.frameEncode(this.#answer, cmd, id, 0, 0, 0);
+    // A copy: the answer slot is reused at once, and the transport may keep the chunk.
+    this.#transport.write(this.#heap.u8.slice(this.#answer, this.#answer + HEADER_SIZE), (error) => {
+      if (!error) return;
+      const gone = error instanceof TandemError && error.code === ErrorCode.PeerClosed;
+      this.#fail(gone
+        ? new TandemError(ErrorCode.PeerClosed, `the sender went away before ${CMD_NAMES[cmd]} of transaction ${id} could reach it`)
+        : new TandemError(ErrorCode.SendHeader, `could not send ${CMD_NAMES[cmd]}: ${error.message}`));
+    });
+  }
+
+  // --- the end of the session ----------------------------------------------------------------
+
+  #closed(error: Error | undefined): void {
+    if (this.#error || this.#ended) return;
+    if (this.#applying) {
+      this.#peerGone = error; // the consumer finishes the complete transaction first
+      return;
+    }
+    this.#idle();
+    if (this.#decoder.inHeader) {
+      this.#fail(new TandemError(ErrorCode.RecvHeader, "the sender's stream ended inside a frame header"));
+    } else if (this.#decoder.inPayload) {
+      this.#fail(new TandemError(ErrorCode.RecvPayload, "the sender's stream ended inside a frame's payload"));
+    } else if (!isIdle(this.#state) && this.#state !== SessionState.Init) {
+      this.#fail(new TandemError(ErrorCode.PeerClosed, `the sender went away in the middle of transaction ${this.#expectedId}`));
+    } else if (error) {
+      this.#fail(new TandemError(ErrorCode.PeerClosed, `the connection broke: ${error.message}`));
+    } else {
+      this.#ended = true;
+      this.#trace?.("closed", { id: this.#expectedId });
+      this.#resolveDone();
+    }
+  }
+
+  #armIdleTimer(): void {
+    this.#idle();
+    if (this.#idleMs <= 0 || (this.#state !== SessionState.Begin && this.#state !== SessionState.Continue)) return;
+    this.#idleTimer = setTimeout(() => {
+      this.#fail(new TandemError(ErrorCode.Timeout, `nothing from the sender for ${this.#idleMs} ms inside transaction ${this.#expectedId}`));
+    }, this.#idleMs);
+  }
+
+  #idle(): void {
+    if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
+    this.#idleTimer = undefined;
+  }
+
+  #step(event: ReceiverEvent): void {
+    this.#state = receiverTransition(this.#state, event);
+  }
+
+  /** Runs `fn`; any error ends the session and is rethrown. */
+  #guard(fn: () => void): void {
+    if (this.#error) throw this.#error;
+    if (this.#ended) throw new TandemError(ErrorCode.PeerClosed, "the session has ended");
+    try {
+      fn();
+    } catch (error) {
+      throw this.#die(error instanceof TandemError ? error : new TandemError(ErrorCode.InvalidState, String(error)));
+    }
+  }
+
+  /** Runs `fn` from a transport callback: an error ends the session (see `done`), never throws. */
+  #quietly(fn: () => void): void {
+    try {
+      this.#guard(fn);
+    } catch {
+      // Recorded by #fail; `done` rejects with it.
+    }
+  }
+
+  #die(error: TandemError): TandemError {
+    this.#fail(error);
+    return this.#error!;
+  }
+
+  #fail(error: TandemError): void {
+    if (this.#error || this.#ended) return;
+    this.#error = error;
+    this.#idle();
+    this.#segments = [];
+    this.#queued = [];
+    this.#trace?.("error", { code: error.code });
+    this.#rejectDone(error);
+    this.#transport.close();
+  }
+}

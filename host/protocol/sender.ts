@@ -1,0 +1,425 @@
+/**
+ * The sending side of a transaction session (seed 000's ft_trans_file, as a sender).
+ *
+ *   await sender.open();                 // waits for the receiver's opening ACK
+ *   await sender.begin();
+ *   await sender.write(bytes);           // CONTINUE frames, as many as needed
+ *   await sender.commit();               // resolves on ACK; E_REFUSED on NACK; E_CANCELLED
+ *   await sender.atomic(bytes);          // a whole transaction in one frame
+ *
+ * Frames are encoded by the frame kernel into a fixed pool of buffers in a heap of the sender's
+ * own. A full buffer goes to the transport and comes back to the pool when the transport is done
+ * with it; when none is free the sender is frozen and calls wait. So the memory a slow transport
+ * makes the sender hold is exactly the pool, reported in {@link SenderStats}. COMMIT goes out
+ * after everything before it and resolves only once every buffer is written and the receiver has
+ * answered.
+ *
+ * Calls are made one at a time (await each). After an error the session is dead and every later
+ * call fails at once with that error; a NACK or a cancel ends only the transaction.
+ */
+
+import { ErrorCode, TandemError } from "../errors.ts";
+import { tracerFor, type Tracer } from "../trace.ts";
+import { Heap } from "../wasm/heap.ts";
+import { kernelsFor, type KernelFlavor, type Kernels } from "../wasm/kernels.ts";
+import { CMD_NAMES, Cmd, DECODER_STATE_SIZE, EVENT_SIZE, FrameDecoder, HEADER_SIZE } from "./frame.ts";
+import { SessionState, isIdle, senderTransition, type SenderEvent } from "./session-state.ts";
+import type { Transport } from "./transport.ts";
+
+/** Options of a {@link TransactionSender}. */
+export interface SenderOptions {
+  /** Bytes per output buffer; also the largest ATOMIC frame. Default 256 KiB. */
+  bufferSize?: number;
+  /** Buffers in the pool; the pool is all the memory a slow transport makes the sender hold. Default 4. */
+  buffers?: number;
+  /** How long to wait for the opening ACK and for each transaction's answer. Default 30 s. */
+  responseTimeoutMs?: number;
+  /** Which frame kernels to run; default: see {@link defaultFlavor}. */
+  kernels?: KernelFlavor;
+}
+
+/** What a sender has done, and what it holds. */
+export interface SenderStats {
+  /** Transactions answered: acknowledged, refused (NACK) or cancelled by the receiver. */
+  acked: number;
+  refused: number;
+  cancelled: number;
+  /** Frames and frame bytes handed to the transport. */
+  frames: number;
+  bytes: number;
+  /** True while every buffer is with the transport and calls wait. */
+  frozen: boolean;
+  /** How many times the sender froze. */
+  freezes: number;
+  /** Bytes encoded but not yet released by the transport. */
+  heldBytes: number;
+  /** The bound on {@link heldBytes}: the pool's size. */
+  heldLimit: number;
+  /** The most bytes held at once. */
+  peakHeldBytes: number;
+}
+
+const RX_SIZE = 4096;
+const EVENTS = 16;
+
+interface Pending {
+  resolve: () => void;
+  reject: (error: Error) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/** The sending side of a transaction session. */
+export class TransactionSender {
+  readonly #transport: Transport;
+  readonly #heap: Heap;
+  readonly #kernels: Kernels;
+  readonly #decoder: FrameDecoder;
+  readonly #trace: Tracer | undefined;
+  readonly #bufferSize: number;
+  readonly #timeoutMs: number;
+  readonly #rx: number;
+  readonly #free: number[] = [];
+  readonly #waiters: (() => void)[] = [];
+  #current: { ptr: number; used: number } | undefined;
+  #inFlight = 0;
+  #inFlightBytes = 0;
+  #state: SessionState = SessionState.Init;
+  #nextId = 0;
+  #txnId = 0;
+  #seq = 0;
+  #cancelledByPeer = false;
+  #busy = false;
+  #response: Pending | undefined;
+  #error: TandemError | undefined;
+  readonly #stats: SenderStats;
+
+  constructor(transport: Transport, options: SenderOptions = {}) {
+    const bufferSize = options.bufferSize ?? 256 * 1024;
+    const buffers = options.buffers ?? 4;
+    if (!Number.isInteger(bufferSize) || bufferSize < HEADER_SIZE + 1 || !Number.isInteger(buffers) || buffers < 1) {
+      throw new TandemError(ErrorCode.BadArgument, `bufferSize ${bufferSize} and buffers ${buffers}: need at least ${HEADER_SIZE + 1} bytes and 1 buffer`);
+    }
+    this.#transport = transport;
+    this.#bufferSize = bufferSize;
+    this.#timeoutMs = options.responseTimeoutMs ?? 30_000;
+    // Everything is allocated now and the memory never grows: views handed to the transport stay valid.
+    this.#heap = Heap.create(DECODER_STATE_SIZE + EVENTS * EVENT_SIZE + RX_SIZE + buffers * bufferSize + 4 * 64);
+    this.#kernels = kernelsFor(this.#heap, options.kernels);
+    this.#decoder = new FrameDecoder(this.#heap, this.#kernels, { maxPayload: 0, maxEvents: EVENTS });
+    this.#rx = this.#heap.alloc(RX_SIZE);
+    for (let i = 0; i < buffers; i++) this.#free.push(this.#heap.alloc(bufferSize));
+    this.#trace = tracerFor("protocol");
+    this.#stats = {
+      acked: 0, refused: 0, cancelled: 0, frames: 0, bytes: 0, frozen: false, freezes: 0,
+      heldBytes: 0, heldLimit: buffers * bufferSize, peakHeldBytes: 0,
+    };
+    transport.onData((chunk) => this.#received(chunk));
+    transport.onClose((error) => this.#fail(new TandemError(ErrorCode.PeerClosed, `the receiver's connection closed${error ? `: ${error.message}` : ""}`)));
+  }
+
+  /** The session state (see session-state.ts). */
+  get state(): SessionState {
+    return this.#state;
+  }
+
+  /** The id the next transaction will carry. */
+  get nextId(): number {
+    return this.#nextId;
+  }
+
+  /** A snapshot of the counters. */
+  get stats(): SenderStats {
+    return { ...this.#stats, heldBytes: this.#held() };
+  }
+
+  /** The error that ended the session, if one did. */
+  get error(): TandemError | undefined {
+    return this.#error;
+  }
+
+  /** Waits for the receiver's opening ACK. */
+  open(): Promise<void> {
+    return this.#op(async () => {
+      if (this.#state !== SessionState.Init) throw new TandemError(ErrorCode.InvalidState, `open() in state ${this.#state}`);
+      await this.#expectAnswer();
+    });
+  }
+
+  /** Starts a transaction (BEGIN). */
+  begin(): Promise<void> {
+    return this.#op(async () => {
+      this.#step("begin");
+      this.#txnId = this.#nextId;
+      this.#seq = 0;
+      await this.#control(Cmd.Begin);
+    });
+  }
+
+  /** Adds bytes to the open transaction, in as many CONTINUE frames as the buffers need. */
+  write(bytes: Uint8Array): Promise<void> {
+    return this.#op(async () => {
+      this.#takePeerCancel();
+      this.#step("write");
+      for (let offset = 0; offset < bytes.length; ) {
+        const buffer = await this.#room(HEADER_SIZE + 1);
+        const n = Math.min(bytes.length - offset, this.#bufferSize - buffer.used - HEADER_SIZE);
+        this.#heap.u8.set(bytes.subarray(offset, offset + n), buffer.ptr + buffer.used + HEADER_SIZE);
+        this.#encode(buffer, Cmd.Continue, n);
+        offset += n;
+        if (buffer.used === this.#bufferSize) this.#flush();
+      }
+      this.#takePeerCancel();
+    });
+  }
+
+  /** Ends the transaction (COMMIT) and waits for the receiver's answer. */
+  commit(): Promise<void> {
+    return this.#op(async () => {
+      this.#takePeerCancel();
+      this.#step("commit");
+      const answer = this.#expectAnswer(); // before any await: the answer may come at any moment now
+      await this.#control(Cmd.Commit);
+      await this.#sendAndAnswer(answer);
+    });
+  }
+
+  /** Sends a whole transaction in one ATOMIC frame and waits for the answer. */
+  atomic(bytes: Uint8Array): Promise<void> {
+    return this.#op(async () => {
+      if (HEADER_SIZE + bytes.length > this.#bufferSize) {
+        throw new TandemError(ErrorCode.PayloadTooLarge, `an ATOMIC payload of ${bytes.length} bytes does not fit one ${this.#bufferSize}-byte buffer; use begin/write/commit`);
+      }
+      this.#step("atomic");
+      this.#txnId = this.#nextId;
+      this.#seq = 0;
+      const answer = this.#expectAnswer();
+      const buffer = await this.#room(HEADER_SIZE + bytes.length);
+      this.#heap.u8.set(bytes, buffer.ptr + buffer.used + HEADER_SIZE);
+      this.#encode(buffer, Cmd.Atomic, bytes.length);
+      await this.#sendAndAnswer(answer);
+    });
+  }
+
+  /** Abandons the open transaction (CANCEL); the receiver drops what it buffered. */
+  cancel(): Promise<void> {
+    return this.#op(async () => {
+      if (this.#cancelledByPeer) {
+        this.#cancelledByPeer = false; // the receiver cancelled it first: nothing to send
+        return;
+      }
+      this.#step("cancel");
+      await this.#control(Cmd.Cancel);
+      this.#flush();
+      await this.#allWritten();
+      this.#nextId = (this.#txnId + 1) & 0xffff;
+    });
+  }
+
+  /** Ends the session and closes the transport. */
+  close(): void {
+    this.#fail(new TandemError(ErrorCode.InvalidState, "the sender was closed"));
+  }
+
+  // --- sending -------------------------------------------------------------------------------
+
+  async #control(cmd: number): Promise<void> {
+    this.#encode(await this.#room(HEADER_SIZE), cmd, 0);
+  }
+
+  /** Encodes a frame at the end of `buffer`; its `len` payload bytes are already in place after the header. */
+  #encode(buffer: { ptr: number; used: number }, cmd: number, len: number): void {
+    this.#trace?.("send_header", { cmd: CMD_NAMES[cmd], id: this.#txnId, seq: this.#seq, len });
+    const at = buffer.ptr + buffer.used;
+    const size = this.#kernels.frameEncode(at, cmd, this.#txnId, this.#seq, at + HEADER_SIZE, len);
+    buffer.used += size;
+    this.#seq = (this.#seq + 1) >>> 0;
+    this.#stats.frames++;
+    this.#stats.bytes += size;
+    const held = this.#held();
+    if (held > this.#stats.peakHeldBytes) this.#stats.peakHeldBytes = held;
+  }
+
+  /** A buffer with at least `need` free bytes: the current one, or a new one after a flush. */
+  async #room(need: number): Promise<{ ptr: number; used: number }> {
+    if (this.#current && this.#bufferSize - this.#current.used >= need) return this.#current;
+    this.#flush();
+    while (this.#free.length === 0) {
+      if (!this.#stats.frozen) {
+        this.#stats.frozen = true;
+        this.#stats.freezes++;
+        this.#trace?.("freeze_output", { held: this.#held() });
+      }
+      await new Promise<void>((wake) => this.#waiters.push(wake));
+      this.#throwIfDead();
+    }
+    if (this.#stats.frozen) {
+      this.#stats.frozen = false;
+      this.#trace?.("unfreeze_output", { held: this.#held() });
+    }
+    this.#current = { ptr: this.#free.pop()!, used: 0 };
+    return this.#current;
+  }
+
+  /** Hands the current buffer to the transport; it returns to the pool when written. */
+  #flush(): void {
+    const buffer = this.#current;
+    this.#current = undefined;
+    if (!buffer) return;
+    if (buffer.used === 0) {
+      this.#free.push(buffer.ptr);
+      return;
+    }
+    this.#inFlight++;
+    this.#inFlightBytes += buffer.used;
+    this.#trace?.("flush", { bytes: buffer.used, inflight: this.#inFlight });
+    this.#transport.write(this.#heap.u8.subarray(buffer.ptr, buffer.ptr + buffer.used), (error) => {
+      this.#inFlight--;
+      this.#inFlightBytes -= buffer.used;
+      this.#free.push(buffer.ptr);
+      if (error) this.#fail(new TandemError(ErrorCode.Flush, `the transport could not send ${buffer.used} bytes: ${error.message}`));
+      for (const wake of this.#waiters.splice(0)) wake();
+    });
+  }
+
+  async #allWritten(): Promise<void> {
+    while (this.#inFlight > 0) {
+      await new Promise<void>((wake) => this.#waiters.push(wake));
+      this.#throwIfDead();
+    }
+  }
+
+  /** Flushes, waits until every byte is written, then waits for the transaction's `answer`. */
+  async #sendAndAnswer(answer: Promise<void>): Promise<void> {
+    this.#flush();
+    await this.#allWritten();
+    await answer;
+  }
+
+  /**
+   * Registers for the receiver's next answer (ACK, NACK or CANCEL). Called at the transition that
+   * makes an answer possible, before anything is awaited, so an early answer is never missed.
+   */
+  #expectAnswer(): Promise<void> {
+    const answer = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#fail(new TandemError(ErrorCode.Timeout, `no answer from the receiver within ${this.#timeoutMs} ms`));
+      }, this.#timeoutMs);
+      this.#response = { resolve, reject, timer };
+    });
+    answer.catch(() => {}); // if the writes fail first, their error is the one reported
+    return answer;
+  }
+
+  #settle(outcome: TandemError | undefined): void {
+    const pending = this.#response;
+    this.#response = undefined;
+    if (!pending) return;
+    clearTimeout(pending.timer);
+    if (outcome) pending.reject(outcome);
+    else pending.resolve();
+  }
+
+  // --- receiving answers ---------------------------------------------------------------------
+
+  #received(chunk: Uint8Array): void {
+    if (this.#error) return;
+    try {
+      for (let at = 0; at < chunk.length; at += RX_SIZE) {
+        const piece = chunk.subarray(at, at + RX_SIZE);
+        this.#heap.u8.set(piece, this.#rx);
+        this.#decoder.decode(this.#rx, piece.length, 0, {
+          header: (cmd, id, seq) => this.#answered(cmd, id, seq),
+          payload: () => {}, // maxPayload 0: the decoder refuses any payload before we get here
+        });
+      }
+    } catch (error) {
+      this.#fail(error instanceof TandemError ? error : new TandemError(ErrorCode.RecvHeader, String(error)));
+    }
+  }
+
+  #answered(cmd: number, id: number, seq: number): void {
+    this.#trace?.("recv_header", { cmd: CMD_NAMES[cmd] ?? cmd, id, seq });
+    const waiting = this.#state === SessionState.Commit || this.#state === SessionState.Atomic;
+    if (cmd === Cmd.Ack && this.#state === SessionState.Init) {
+      if (id !== 0) throw new TandemError(ErrorCode.IdMismatch, `the opening ACK names transaction ${id}, expected 0`);
+      this.#step("recv-ack");
+      this.#settle(undefined);
+      return;
+    }
+    if (cmd === Cmd.Cancel && isIdle(this.#state) && id === this.#txnId) return; // crossed our own CANCEL
+    if (cmd !== Cmd.Ack && cmd !== Cmd.Nack && cmd !== Cmd.Cancel) {
+      throw new TandemError(ErrorCode.InvalidState, `a receiver never sends ${CMD_NAMES[cmd] ?? `command ${cmd}`}`);
+    }
+    if (id !== this.#txnId) throw new TandemError(ErrorCode.IdMismatch, `an answer for transaction ${id} while ${this.#txnId} is open`);
+    if (cmd === Cmd.Cancel && !waiting) {
+      this.#step("recv-cancel");
+      this.#cancelledByPeer = true;
+      this.#stats.cancelled++;
+      this.#nextId = (this.#txnId + 1) & 0xffff;
+      return;
+    }
+    this.#step(cmd === Cmd.Ack ? "recv-ack" : cmd === Cmd.Nack ? "recv-nack" : "recv-cancel");
+    this.#nextId = (this.#txnId + 1) & 0xffff;
+    if (cmd === Cmd.Ack) {
+      this.#stats.acked++;
+      this.#settle(undefined);
+    } else if (cmd === Cmd.Nack) {
+      this.#stats.refused++;
+      this.#settle(new TandemError(ErrorCode.Refused, `the receiver refused transaction ${id} (NACK)`));
+    } else {
+      this.#stats.cancelled++;
+      this.#settle(new TandemError(ErrorCode.Cancelled, `the receiver cancelled transaction ${id}`));
+    }
+  }
+
+  // --- session bookkeeping -------------------------------------------------------------------
+
+  async #op(run: () => Promise<void>): Promise<void> {
+    this.#throwIfDead();
+    if (this.#busy) throw this.#die(new TandemError(ErrorCode.InvalidState, "a call was made before the previous one finished; await each call"));
+    this.#busy = true;
+    try {
+      await run();
+    } catch (error) {
+      const failure = error instanceof TandemError ? error : new TandemError(ErrorCode.InvalidState, String(error));
+      // A refused or cancelled transaction ends only that transaction.
+      if (failure.code !== ErrorCode.Refused && failure.code !== ErrorCode.Cancelled) throw this.#die(failure);
+      throw failure;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  #step(event: SenderEvent): void {
+    this.#state = senderTransition(this.#state, event);
+  }
+
+  /** If the receiver cancelled the open transaction, reports it (once) as E_CANCELLED. */
+  #takePeerCancel(): void {
+    if (!this.#cancelledByPeer) return;
+    this.#cancelledByPeer = false;
+    throw new TandemError(ErrorCode.Cancelled, `the receiver cancelled transaction ${this.#txnId}`);
+  }
+
+  #throwIfDead(): void {
+    if (this.#error) throw this.#error;
+  }
+
+  #die(error: TandemError): TandemError {
+    this.#fail(error);
+    return this.#error!;
+  }
+
+  #fail(error: TandemError): void {
+    if (this.#error) return;
+    this.#error = error;
+    this.#trace?.("error", { code: error.code });
+    this.#settle(error);
+    for (const wake of this.#waiters.splice(0)) wake();
+    this.#transport.close();
+  }
+
+  #held(): number {
+    return this.#inFlightBytes + (this.#current?.used ?? 0);
+  }
+}

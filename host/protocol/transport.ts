@@ -1,0 +1,130 @@
+/**
+ * The byte stream a transaction session runs over, and an in-memory pair of them.
+ *
+ * Ownership makes back-pressure exact: a writer hands a chunk to `write` and may not touch it
+ * until the transport calls `done`. A sender that recycles a fixed pool of buffers therefore
+ * holds exactly its pool when the transport is slow, and waits for `done` to go on.
+ */
+
+import { ErrorCode, TandemError } from "../errors.ts";
+
+/** A duplex byte stream. */
+export interface Transport {
+  /**
+   * Queues `chunk` for sending. The transport may read `chunk` until it calls `done` (once, with
+   * an error if the bytes could not be sent); the caller must not change it before then.
+   */
+  write(chunk: Uint8Array, done: (error?: Error) => void): void;
+  /** Sets the handler for received bytes. A chunk is lent for the call only: copy what you keep. */
+  onData(handler: (chunk: Uint8Array) => void): void;
+  /** Sets the handler called once when the stream ends: no error for an orderly close. */
+  onClose(handler: (error?: Error) => void): void;
+  /** Ends the stream. Writes not yet done complete with an error. */
+  close(): void;
+  /** True once the stream has ended, from either side. */
+  readonly closed: boolean;
+}
+
+/** A transport whose handlers are kept until set and whose close is reported once. */
+export abstract class TransportBase implements Transport {
+  #data: (chunk: Uint8Array) => void = () => {};
+  #close: ((error?: Error) => void) | undefined;
+  #closed = false;
+  #closeError: Error | undefined;
+  #reported = false;
+
+  abstract write(chunk: Uint8Array, done: (error?: Error) => void): void;
+  abstract close(): void;
+
+  onData(handler: (chunk: Uint8Array) => void): void {
+    this.#data = handler;
+  }
+
+  onClose(handler: (error?: Error) => void): void {
+    this.#close = handler;
+    if (this.#closed) this.#report();
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Delivers received bytes to the handler. */
+  protected deliver(chunk: Uint8Array): void {
+    if (!this.#closed) this.#data(chunk);
+  }
+
+  /** Marks the stream ended and tells the close handler (once). */
+  protected ended(error?: Error): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#closeError = error;
+    this.#report();
+  }
+
+  #report(): void {
+    if (this.#reported || !this.#close) return;
+    this.#reported = true;
+    this.#close(this.#closeError);
+  }
+}
+
+/** The error a write gets on an ended stream. */
+export function closedError(): TandemError {
+  return new TandemError(ErrorCode.PeerClosed, "the connection is closed");
+}
+
+/** One end of an in-memory pair. */
+class MemoryEnd extends TransportBase {
+  peer!: MemoryEnd;
+  readonly #queue: { chunk: Uint8Array; done: (error?: Error) => void }[] = [];
+  #scheduled = false;
+
+  write(chunk: Uint8Array, done: (error?: Error) => void): void {
+    if (this.closed) {
+      queueMicrotask(() => done(closedError()));
+      return;
+    }
+    this.#queue.push({ chunk, done });
+    if (!this.#scheduled) {
+      this.#scheduled = true;
+      queueMicrotask(() => this.#flush());
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    // Bytes already written still arrive, as on a socket; then the peer sees the close.
+    this.#flush();
+    this.ended();
+    queueMicrotask(() => this.peer.ended());
+  }
+
+  /** Breaks the connection abruptly: nothing more arrives and both ends see `error`. */
+  fail(error: Error): void {
+    for (const { done } of this.#queue.splice(0)) queueMicrotask(() => done(error));
+    this.ended(error);
+    queueMicrotask(() => this.peer.ended(error));
+  }
+
+  #flush(): void {
+    this.#scheduled = false;
+    for (const { chunk, done } of this.#queue.splice(0)) {
+      if (this.peer.closed) {
+        done(closedError());
+        continue;
+      }
+      this.peer.deliver(chunk);
+      done();
+    }
+  }
+}
+
+/** An in-memory connection: what one end writes, the other receives, in order, asynchronously. */
+export function memoryPair(): [Transport & { fail(error: Error): void }, Transport & { fail(error: Error): void }] {
+  const a = new MemoryEnd();
+  const b = new MemoryEnd();
+  a.peer = b;
+  b.peer = a;
+  return [a, b];
+}
