@@ -6,9 +6,12 @@
 
 import { runtimeName } from "../host/runtime/runtime.ts";
 import { runMemorySuite, type Progress } from "./memory.ts";
+import { runProtocolSuite } from "./protocol.ts";
 
-const SUITES: Record<string, (progress: Progress) => Record<string, number>> = {
+type Metrics = Record<string, number>;
+const SUITES: Record<string, (progress: Progress) => Metrics | Promise<Metrics>> = {
   memory: runMemorySuite,
+  protocol: runProtocolSuite,
 };
 
 const args = process.argv.slice(2);
@@ -24,7 +27,7 @@ const tty = process.stderr.isTTY === true;
 const progress: Progress = (message) => {
   if (tty) process.stderr.write(`\r\x1b[K${suite}: ${message}`);
 };
-const metrics = SUITES[suite](progress);
+const metrics = await SUITES[suite](progress);
 if (tty) process.stderr.write("\r\x1b[K");
 const runtime = runtimeName();
 if (json) {

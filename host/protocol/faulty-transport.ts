@@ -46,10 +46,10 @@ export class FaultyTransport extends TransportBase {
     return this.#sent;
   }
 
-  write(chunk: Uint8Array, done: (error?: Error) => void): void {
+  write(chunk: Uint8Array, done: (error?: Error) => void): boolean {
     if (this.closed) {
       queueMicrotask(() => done(closedError()));
-      return;
+      return false;
     }
     // Copy: pieces may go out after `done`, and the caller reuses its buffer after `done`.
     const bytes = chunk.slice();
@@ -80,6 +80,7 @@ export class FaultyTransport extends TransportBase {
       }
       finish();
     });
+    return !this.#stalling; // a stalled peer is the backed-up transport, by definition
   }
 
   /** Lets held write completions through, and stops holding them. */

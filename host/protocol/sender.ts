@@ -61,6 +61,7 @@ export interface SenderStats {
 
 const RX_SIZE = 4096;
 const EVENTS = 16;
+const DONE: Promise<void> = Promise.resolve();
 
 interface Pending {
   resolve: () => void;
@@ -83,6 +84,7 @@ export class TransactionSender {
   #current: { ptr: number; used: number } | undefined;
   #inFlight = 0;
   #inFlightBytes = 0;
+  #backedUp = false;
   #state: SessionState = SessionState.Init;
   #nextId = 0;
   #txnId = 0;
@@ -155,21 +157,45 @@ export class TransactionSender {
     });
   }
 
-  /** Adds bytes to the open transaction, in as many CONTINUE frames as the buffers need. */
+  /**
+   * Adds bytes to the open transaction, in as many CONTINUE frames as the buffers need. The bytes
+   * are copied before the promise settles; it settles at once unless the sender is frozen.
+   */
   write(bytes: Uint8Array): Promise<void> {
-    return this.#op(async () => {
+    // The hot path of a checkpoint (one call per page): no async frames unless the sender must wait.
+    if (this.#error) return Promise.reject(this.#error);
+    if (this.#busy) return Promise.reject(this.#die(new TandemError(ErrorCode.InvalidState, "a call was made before the previous one finished; await each call")));
+    try {
       this.#takePeerCancel();
       this.#step("write");
-      for (let offset = 0; offset < bytes.length; ) {
-        const buffer = await this.#room(HEADER_SIZE + 1);
-        const n = Math.min(bytes.length - offset, this.#bufferSize - buffer.used - HEADER_SIZE);
-        this.#heap.u8.set(bytes.subarray(offset, offset + n), buffer.ptr + buffer.used + HEADER_SIZE);
-        this.#encode(buffer, Cmd.Continue, n);
-        offset += n;
-        if (buffer.used === this.#bufferSize) this.#flush();
-      }
-      this.#takePeerCancel();
-    });
+      const offset = this.#backedUp ? 0 : this.#append(bytes, 0);
+      if (offset === bytes.length) return DONE;
+      return this.#op(async () => {
+        await this.#drained();
+        for (let at = offset; at < bytes.length; ) {
+          await this.#room(HEADER_SIZE + 1);
+          at = this.#append(bytes, at);
+        }
+        this.#takePeerCancel();
+      });
+    } catch (error) {
+      return Promise.reject(this.#outcome(error));
+    }
+  }
+
+  /** Encodes bytes[offset..] as CONTINUE frames while buffers are free; returns how far it got. */
+  #append(bytes: Uint8Array, offset: number): number {
+    while (offset < bytes.length) {
+      const buffer = this.#roomNow(HEADER_SIZE + 1);
+      if (!buffer) break;
+      const n = Math.min(bytes.length - offset, this.#bufferSize - buffer.used - HEADER_SIZE);
+      const part = n === bytes.length ? bytes : bytes.subarray(offset, offset + n);
+      this.#heap.u8.set(part, buffer.ptr + buffer.used + HEADER_SIZE);
+      this.#encode(buffer, Cmd.Continue, n);
+      offset += n;
+      if (buffer.used === this.#bufferSize) this.#flush();
+    }
+    return offset;
   }
 
   /** Ends the transaction (COMMIT) and waits for the receiver's answer. */
@@ -239,11 +265,10 @@ export class TransactionSender {
     if (held > this.#stats.peakHeldBytes) this.#stats.peakHeldBytes = held;
   }
 
-  /** A buffer with at least `need` free bytes: the current one, or a new one after a flush. */
+  /** A buffer with at least `need` free bytes, waiting (frozen) while none is free. */
   async #room(need: number): Promise<{ ptr: number; used: number }> {
-    if (this.#current && this.#bufferSize - this.#current.used >= need) return this.#current;
-    this.#flush();
-    while (this.#free.length === 0) {
+    let buffer = this.#roomNow(need);
+    while (!buffer) {
       if (!this.#stats.frozen) {
         this.#stats.frozen = true;
         this.#stats.freezes++;
@@ -251,12 +276,22 @@ export class TransactionSender {
       }
       await new Promise<void>((wake) => this.#waiters.push(wake));
       this.#throwIfDead();
+      buffer = this.#roomNow(need);
     }
     if (this.#stats.frozen) {
       this.#stats.frozen = false;
       this.#trace?.("unfreeze_output", { held: this.#held() });
     }
-    this.#current = { ptr: this.#free.pop()!, used: 0 };
+    return buffer;
+  }
+
+  /** The current buffer if it has `need` free bytes, else a fresh one after a flush, else none. */
+  #roomNow(need: number): { ptr: number; used: number } | undefined {
+    if (this.#current && this.#bufferSize - this.#current.used >= need) return this.#current;
+    this.#flush();
+    const ptr = this.#free.pop();
+    if (ptr === undefined) return undefined;
+    this.#current = { ptr, used: 0 };
     return this.#current;
   }
 
@@ -272,17 +307,28 @@ export class TransactionSender {
     this.#inFlight++;
     this.#inFlightBytes += buffer.used;
     this.#trace?.("flush", { bytes: buffer.used, inflight: this.#inFlight });
-    this.#transport.write(this.#heap.u8.subarray(buffer.ptr, buffer.ptr + buffer.used), (error) => {
+    const more = this.#transport.write(this.#heap.u8.subarray(buffer.ptr, buffer.ptr + buffer.used), (error) => {
       this.#inFlight--;
       this.#inFlightBytes -= buffer.used;
       this.#free.push(buffer.ptr);
+      if (this.#inFlight === 0) this.#backedUp = false;
       if (error) this.#fail(new TandemError(ErrorCode.Flush, `the transport could not send ${buffer.used} bytes: ${error.message}`));
       for (const wake of this.#waiters.splice(0)) wake();
     });
+    if (!more) this.#backedUp = true;
   }
 
+  /** Waits until every buffer handed to the transport is written. */
   async #allWritten(): Promise<void> {
     while (this.#inFlight > 0) {
+      await new Promise<void>((wake) => this.#waiters.push(wake));
+      this.#throwIfDead();
+    }
+  }
+
+  /** Waits while the transport says it is backed up (lets the event loop move the bytes). */
+  async #drained(): Promise<void> {
+    while (this.#backedUp) {
       await new Promise<void>((wake) => this.#waiters.push(wake));
       this.#throwIfDead();
     }
@@ -381,13 +427,17 @@ export class TransactionSender {
     try {
       await run();
     } catch (error) {
-      const failure = error instanceof TandemError ? error : new TandemError(ErrorCode.InvalidState, String(error));
-      // A refused or cancelled transaction ends only that transaction.
-      if (failure.code !== ErrorCode.Refused && failure.code !== ErrorCode.Cancelled) throw this.#die(failure);
-      throw failure;
+      throw this.#outcome(error);
     } finally {
       this.#busy = false;
     }
+  }
+
+  /** What a failed call reports: a refused or cancelled transaction ends only that transaction. */
+  #outcome(error: unknown): TandemError {
+    const failure = error instanceof TandemError ? error : new TandemError(ErrorCode.InvalidState, String(error));
+    if (failure.code === ErrorCode.Refused || failure.code === ErrorCode.Cancelled) return failure;
+    return this.#die(failure);
   }
 
   #step(event: SenderEvent): void {

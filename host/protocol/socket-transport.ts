@@ -29,12 +29,12 @@ export class SocketTransport extends TransportBase {
     socket.on("close", () => this.ended());
   }
 
-  write(chunk: Uint8Array, done: (error?: Error) => void): void {
+  write(chunk: Uint8Array, done: (error?: Error) => void): boolean {
     if (this.closed || this.#socket.destroyed) {
       queueMicrotask(() => done(closedError()));
-      return;
+      return false;
     }
-    this.#socket.write(chunk, (error) => done(error ?? undefined));
+    return this.#socket.write(chunk, (error) => done(error ?? undefined));
   }
 
   close(): void {

@@ -1,9 +1,12 @@
 /**
  * The byte stream a transaction session runs over, and an in-memory pair of them.
  *
- * Ownership makes back-pressure exact: a writer hands a chunk to `write` and may not touch it
- * until the transport calls `done`. A sender that recycles a fixed pool of buffers therefore
- * holds exactly its pool when the transport is slow, and waits for `done` to go on.
+ * Back-pressure has two signals. Ownership bounds memory: a writer hands a chunk to `write` and
+ * may not touch it until the transport calls `done`, so a sender that recycles a fixed pool of
+ * buffers holds exactly its pool when the transport is slow. And `write` returning false says
+ * "wait": the transport is backed up (a socket's queue passed its high-water mark), so a writer
+ * should let the event loop run until its writes are done; on Node that is what lets the
+ * socket send while the writer produces, instead of all at once when it finally awaits.
  */
 
 import { ErrorCode, TandemError } from "../errors.ts";
@@ -13,8 +16,9 @@ export interface Transport {
   /**
    * Queues `chunk` for sending. The transport may read `chunk` until it calls `done` (once, with
    * an error if the bytes could not be sent); the caller must not change it before then.
+   * Returns false when the transport is backed up and the writer should wait for `done`.
    */
-  write(chunk: Uint8Array, done: (error?: Error) => void): void;
+  write(chunk: Uint8Array, done: (error?: Error) => void): boolean;
   /** Sets the handler for received bytes. A chunk is lent for the call only: copy what you keep. */
   onData(handler: (chunk: Uint8Array) => void): void;
   /** Sets the handler called once when the stream ends: no error for an orderly close. */
@@ -33,7 +37,7 @@ export abstract class TransportBase implements Transport {
   #closeError: Error | undefined;
   #reported = false;
 
-  abstract write(chunk: Uint8Array, done: (error?: Error) => void): void;
+  abstract write(chunk: Uint8Array, done: (error?: Error) => void): boolean;
   abstract close(): void;
 
   onData(handler: (chunk: Uint8Array) => void): void {
@@ -80,16 +84,17 @@ class MemoryEnd extends TransportBase {
   readonly #queue: { chunk: Uint8Array; done: (error?: Error) => void }[] = [];
   #scheduled = false;
 
-  write(chunk: Uint8Array, done: (error?: Error) => void): void {
+  write(chunk: Uint8Array, done: (error?: Error) => void): boolean {
     if (this.closed) {
       queueMicrotask(() => done(closedError()));
-      return;
+      return false;
     }
     this.#queue.push({ chunk, done });
     if (!this.#scheduled) {
       this.#scheduled = true;
       queueMicrotask(() => this.#flush());
     }
+    return true; // delivery is a microtask away: never backed up
   }
 
   close(): void {

@@ -1,0 +1,166 @@
+/**
+ * `npm run bench -- protocol`: the transaction layer.
+ *
+ * framing: 1 MiB transactions of 4 KiB pages (BEGIN, 256 CONTINUE, COMMIT) encoded by the frame
+ *          kernel from a source area into a wire buffer, then decoded in place into payload
+ *          segments, all in memory; against one memcpy of the same 1 MiB. Every flavor, one run.
+ * tcp:     transactions (1 MiB each, written as 4 KiB pages, each committed and acknowledged)
+ *          from a sender to a receiver in another process over TCP loopback, against raw socket
+ *          writes of the same payload bytes in the sender's write size (its 256 KiB buffers) to
+ *          a peer process that answers one byte after the last; both timed to that answer.
+ *          Payload bytes per second; the ratio is tcp_efficiency.
+ */
+
+import { Buffer } from "node:buffer";
+import { spawn } from "node:child_process";
+import * as net from "node:net";
+import { fileURLToPath } from "node:url";
+import { Cmd, FrameDecoder, HEADER_SIZE } from "../host/protocol/frame.ts";
+import { TransactionSender } from "../host/protocol/sender.ts";
+import { connect } from "../host/protocol/socket-transport.ts";
+import { selfCommand } from "../host/runtime/self-command.ts";
+import { Heap } from "../host/wasm/heap.ts";
+import { kernelsFor, type KernelFlavor } from "../host/wasm/kernels.ts";
+import { median, race, type Contender } from "./timing.ts";
+import type { Progress } from "./memory.ts";
+
+const PAGE = 4096;
+const TXN = 1 << 20;
+const PAGES = TXN / PAGE;
+const FLAVORS: KernelFlavor[] = ["simd", "scalar", "ts"];
+/** A second, larger transaction size for the TCP bench: each transaction pays one round trip. */
+const LARGE_TXN = 16 << 20;
+
+function framing(progress: Progress): Record<string, number> {
+  const wireBytes = TXN + (PAGES + 2) * HEADER_SIZE;
+  const heap = Heap.create(2 * TXN + wireBytes + 64 * 1024);
+  const source = heap.alloc(TXN);
+  const wire = heap.alloc(wireBytes);
+  const copy = heap.alloc(TXN);
+  for (let i = 0; i < TXN; i += 7) heap.u8[source + i] = i & 0xff;
+  let checked = 0;
+  const contenders: Contender[] = FLAVORS.map((flavor) => {
+    const k = kernelsFor(heap, flavor);
+    const decoder = new FrameDecoder(heap, k, { maxPayload: PAGE });
+    let bytes = 0;
+    const sink = { header: () => {}, payload: (_offset: number, length: number) => void (bytes += length) };
+    return {
+      name: flavor,
+      run: () => {
+        let at = wire;
+        at += k.frameEncode(at, Cmd.Begin, 1, 0, 0, 0);
+        for (let p = 0; p < PAGES; p++) at += k.frameEncode(at, Cmd.Continue, 1, p + 1, source + p * PAGE, PAGE);
+        at += k.frameEncode(at, Cmd.Commit, 1, PAGES + 1, 0, 0);
+        bytes = 0;
+        decoder.decode(wire, at - wire, 0, sink);
+        if (bytes !== TXN) throw new Error(`framing bench: ${flavor} decoded ${bytes} payload bytes, expected ${TXN}`);
+        checked++;
+      },
+    };
+  });
+  contenders.push({ name: "memcpy", run: () => void heap.u8.copyWithin(copy, source, source + TXN) });
+  const ms = race(contenders, { warmup: 30, rounds: 101, onRound: (r) => progress(`framing, round ${r + 1}/131`) });
+  if (checked === 0) throw new Error("framing bench ran nothing");
+  const gbps = (name: string) => TXN / 1e9 / (ms[name] / 1000);
+  return {
+    framing_gbps_wasm: gbps("simd"),
+    framing_gbps_wasm_scalar: gbps("scalar"),
+    framing_gbps_ts: gbps("ts"),
+    memcpy_gbps: gbps("memcpy"),
+    framing_vs_memcpy: ms.memcpy / ms.simd,
+    framing_vs_memcpy_ts: ms.memcpy / ms.ts,
+  };
+}
+
+/** A bench peer in its own process; resolves with its port once it listens. */
+async function startPeer(args: string[]): Promise<{ port: number; stop: () => void }> {
+  const [command, ...rest] = selfCommand(fileURLToPath(new URL("./tcp-peer.ts", import.meta.url)), args);
+  const child = spawn(command, rest, { stdio: ["ignore", "pipe", "inherit"] });
+  const port = await new Promise<number>((resolve, reject) => {
+    let text = "";
+    child.stdout!.on("data", (chunk: Uint8Array) => {
+      text += new TextDecoder().decode(chunk);
+      const match = /PORT (\d+)/.exec(text);
+      if (match) resolve(Number(match[1]));
+    });
+    child.once("exit", (code) => reject(new Error(`the bench peer exited (${code}) before listening`)));
+  });
+  return { port, stop: () => child.kill() };
+}
+
+/**
+ * Seconds to push `total` bytes to the raw peer in writes of `size` bytes, until it answers. The
+ * writes rotate through four buffers, as the sender's pool does, rather than resending one
+ * cache-hot buffer: a real writer sends different bytes each time.
+ */
+async function rawTcp(port: number, total: number, size: number): Promise<number> {
+  const pool = Array.from({ length: 4 }, (_, i) => Buffer.alloc(size, i + 1));
+  const socket = net.connect({ port, host: "127.0.0.1" });
+  await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
+  socket.setNoDelay(true);
+  const answered = new Promise<void>((resolve) => socket.once("data", () => resolve()));
+  const start = performance.now();
+  for (let sent = 0, i = 0; sent < total; sent += size, i++) {
+    if (!socket.write(pool[i & 3])) await new Promise<void>((resolve) => socket.once("drain", () => resolve()));
+  }
+  await answered;
+  const seconds = (performance.now() - start) / 1000;
+  socket.destroy();
+  return seconds;
+}
+
+/** Seconds to send `total` bytes as committed transactions of `txn` bytes in 4 KiB pages, until the last ACK. */
+async function transactionsTcp(port: number, total: number, txn: number): Promise<number> {
+  const sender = new TransactionSender(await connect({ port }));
+  await sender.open();
+  const page = new Uint8Array(PAGE).fill(7);
+  const start = performance.now();
+  for (let sent = 0; sent < total; sent += txn) {
+    await sender.begin();
+    for (let p = 0; p < txn / PAGE; p++) await sender.write(page);
+    await sender.commit();
+  }
+  const seconds = (performance.now() - start) / 1000;
+  if (sender.stats.acked !== total / txn) throw new Error(`tcp bench: ${sender.stats.acked} transactions acknowledged, expected ${total / txn}`);
+  sender.close();
+  return seconds;
+}
+
+async function tcp(progress: Progress): Promise<Record<string, number>> {
+  const total = 256 << 20;
+  const writeSize = 256 * 1024; // the sender's default buffer: its write size
+  const rawPeer = await startPeer(["raw", String(total)]);
+  const txnPeer = await startPeer(["transactions"]);
+  try {
+    const raw: number[] = [];
+    const small: number[] = [];
+    const large: number[] = [];
+    for (let round = 0; round < 7; round++) {
+      progress(`tcp loopback, round ${round + 1}/7`);
+      const r = total / 1e9 / (await rawTcp(rawPeer.port, total, writeSize));
+      const s = total / 1e9 / (await transactionsTcp(txnPeer.port, total, TXN));
+      const l = total / 1e9 / (await transactionsTcp(txnPeer.port, total, LARGE_TXN));
+      if (round >= 2) { // the first rounds warm both processes up
+        raw.push(r);
+        small.push(s);
+        large.push(l);
+      }
+    }
+    const rawGbps = median(raw);
+    return {
+      tcp_raw_gbps: rawGbps,
+      tcp_transaction_gbps: median(small),
+      tcp_efficiency: median(small) / rawGbps,
+      tcp_transaction_gbps_16mib: median(large),
+      tcp_efficiency_16mib: median(large) / rawGbps,
+    };
+  } finally {
+    rawPeer.stop();
+    txnPeer.stop();
+  }
+}
+
+/** Runs the protocol suite; returns its metrics. */
+export async function runProtocolSuite(progress: Progress): Promise<Record<string, number>> {
+  return { ...framing(progress), ...(await tcp(progress)) };
+}

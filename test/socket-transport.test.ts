@@ -1,0 +1,69 @@
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ErrorCode } from "../host/errors.ts";
+import { TransactionReceiver } from "../host/protocol/receiver.ts";
+import { TransactionSender } from "../host/protocol/sender.ts";
+import { connect, listen, type SocketAddress, type SocketTransport } from "../host/protocol/socket-transport.ts";
+import { pattern, rejectionCode } from "./support/session.ts";
+
+const test = suite("sessions over TCP and Unix sockets");
+const dir = mkdtempSync(join(tmpdir(), "tandem-sock-"));
+
+/** Listens, connects, and wires a receiver (server side) to a sender (client side). */
+async function pair(address: SocketAddress, seen: Uint8Array[]) {
+  let accepted!: (t: SocketTransport) => void;
+  const serverSide = new Promise<SocketTransport>((resolve) => (accepted = resolve));
+  const server = await listen(address, (t) => accepted(t));
+  const client = await connect(server.address);
+  const receiver = new TransactionReceiver(await serverSide, (t) => void seen.push(t.bytes()));
+  const sender = new TransactionSender(client);
+  receiver.open();
+  await sender.open();
+  return { server, client, sender, receiver };
+}
+
+for (const [name, address] of [["TCP loopback", { port: 0 }], ["Unix socket", { path: join(dir, "s") }]] as const) {
+  test(`${name}: transactions of 0 bytes to 3 MiB arrive whole`, async () => {
+    const seen: Uint8Array[] = [];
+    const { server, sender, receiver } = await pair(address, seen);
+    const sizes = [0, 1, 4096, 1 << 20, 3 << 20];
+    for (const [i, size] of sizes.entries()) {
+      await sender.begin();
+      const body = pattern(size, i + 1);
+      for (let at = 0; at < size || at === 0; at += 65536) {
+        await sender.write(body.subarray(at, at + 65536));
+        if (size === 0) break;
+      }
+      await sender.commit();
+    }
+    await sender.atomic(pattern(100, 9));
+    assert.equal(seen.map((b) => b.length), [...sizes, 100]);
+    sizes.forEach((size, i) => assert.equal(seen[i], pattern(size, i + 1), `transaction ${i}`));
+    sender.close();
+    await receiver.done;
+    await server.close();
+  });
+}
+
+test("connecting where nobody listens is E_PEER_CLOSED", async () => {
+  assert.is(await rejectionCode(connect({ path: join(dir, "nobody") })), ErrorCode.PeerClosed);
+});
+
+test("a sender whose connection drops mid-transaction: the receiver ends with a code, nothing delivered", async () => {
+  const seen: Uint8Array[] = [];
+  const { server, client, sender, receiver } = await pair({ port: 0 }, seen);
+  await sender.begin();
+  await sender.write(pattern(600_000, 3)); // two buffers go out; the rest waits for COMMIT
+  client.close();
+  const code = await rejectionCode(receiver.done);
+  assert.ok(code === ErrorCode.PeerClosed || code === ErrorCode.RecvHeader || code === ErrorCode.RecvPayload, String(code));
+  assert.is(seen.length, 0);
+  await server.close();
+});
+
+test.after(() => rmSync(dir, { recursive: true, force: true }));
+
+test.run();
