@@ -269,20 +269,28 @@ export class TransactionSender {
   async #room(need: number): Promise<{ ptr: number; used: number }> {
     let buffer = this.#roomNow(need);
     while (!buffer) {
-      if (!this.#stats.frozen) {
-        this.#stats.frozen = true;
-        this.#stats.freezes++;
-        this.#trace?.("freeze_output", { held: this.#held() });
-      }
-      await new Promise<void>((wake) => this.#waiters.push(wake));
-      this.#throwIfDead();
+      await this.#frozen();
       buffer = this.#roomNow(need);
     }
-    if (this.#stats.frozen) {
-      this.#stats.frozen = false;
-      this.#trace?.("unfreeze_output", { held: this.#held() });
-    }
+    this.#thaw();
     return buffer;
+  }
+
+  /** Waits, frozen, for the transport to finish a write (seed 000's freeze_output). */
+  async #frozen(): Promise<void> {
+    if (!this.#stats.frozen) {
+      this.#stats.frozen = true;
+      this.#stats.freezes++;
+      this.#trace?.("freeze_output", { held: this.#held() });
+    }
+    await new Promise<void>((wake) => this.#waiters.push(wake));
+    this.#throwIfDead();
+  }
+
+  #thaw(): void {
+    if (!this.#stats.frozen) return;
+    this.#stats.frozen = false;
+    this.#trace?.("unfreeze_output", { held: this.#held() });
   }
 
   /** The current buffer if it has `need` free bytes, else a fresh one after a flush, else none. */
@@ -326,12 +334,10 @@ export class TransactionSender {
     }
   }
 
-  /** Waits while the transport says it is backed up (lets the event loop move the bytes). */
+  /** Waits, frozen, while the transport says it is backed up (lets the event loop move the bytes). */
   async #drained(): Promise<void> {
-    while (this.#backedUp) {
-      await new Promise<void>((wake) => this.#waiters.push(wake));
-      this.#throwIfDead();
-    }
+    while (this.#backedUp) await this.#frozen();
+    this.#thaw();
   }
 
   /** Flushes, waits until every byte is written, then waits for the transaction's `answer`. */
