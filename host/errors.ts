@@ -45,6 +45,14 @@ export const ErrorCode = {
   Refused: "E_REFUSED",
   /** The transaction was cancelled by the other side. The session goes on. */
   Cancelled: "E_CANCELLED",
+
+  // The checkpoint stream (host/protocol/stream/, docs/checkpoint-stream.md).
+  /** The stream's magic or version is not one this tandem reads. */
+  StreamVersion: "E_STREAM_VERSION",
+  /** A record type this tandem does not know. */
+  StreamRecord: "E_STREAM_RECORD",
+  /** A record or header that is truncated, inconsistent or out of range. */
+  StreamFormat: "E_STREAM_FORMAT",
 } as const;
 
 /** One of the values of {@link ErrorCode}. */

@@ -1,5 +1,5 @@
 /**
- * The kernels (dirty pages, transaction frames) behind one typed interface, in three flavors: Wasm with SIMD, Wasm
+ * The kernels (dirty pages, transaction frames, page deltas) behind one typed interface, in three flavors: Wasm with SIMD, Wasm
  * without, and the plain-TypeScript twin. All three take byte offsets into one {@link Heap}
  * and give identical results (the tests hold them to it), so callers pick by speed alone.
  */
@@ -12,6 +12,7 @@ import { bitmapCount, bitmapMark, bitmapScan, bitmapScanClear } from "./twin/bit
 import { pagesCompare, pagesCompareCopy } from "./twin/compare.ts";
 import { BAD_INDEX, pagesZero } from "./twin/zero.ts";
 import { frameDecode, frameEncode } from "./twin/frame.ts";
+import { DELTA_TOO_LARGE, deltaDecode, deltaEncode } from "./twin/delta.ts";
 
 /** Which implementation runs: Wasm SIMD, Wasm scalar, or the TypeScript twin. */
 export type KernelFlavor = "simd" | "scalar" | "ts";
@@ -19,7 +20,7 @@ export type KernelFlavor = "simd" | "scalar" | "ts";
 /** All flavors, fastest first. */
 export const KERNEL_FLAVORS: readonly KernelFlavor[] = ["simd", "scalar", "ts"];
 
-export { BAD_INDEX };
+export { BAD_INDEX, DELTA_TOO_LARGE };
 
 /**
  * Entries past the count that a bitmap scan may write (assembly/bitmap.ts SCAN_SLACK): its
@@ -52,6 +53,10 @@ export interface Kernels {
   frameEncode(out: number, cmd: number, id: number, seq: number, payload: number, len: number): number;
   /** Decodes a piece of a frame stream, continuing from `state`; returns the number of events. */
   frameDecode(state: number, input: number, len: number, events: number, maxEvents: number, maxPayload: number, stopMask: number): number;
+  /** Encodes page `next` against `prev` into `out`; the length, or {@link DELTA_TOO_LARGE} past `limit`. See assembly/delta.ts. */
+  deltaEncode(prev: number, next: number, size: number, out: number, limit: number): number;
+  /** Applies a delta to `page` in place; 0, or 1 if the delta is malformed. */
+  deltaDecode(page: number, size: number, delta: number, len: number): number;
 }
 
 /**
@@ -98,6 +103,8 @@ function wasmKernels(heap: Heap, flavor: "simd" | "scalar"): Kernels {
     frameEncode: (out, cmd, id, seq, payload, len) => e.frame_encode(out, cmd, id, seq, payload, len) >>> 0,
     frameDecode: (state, input, len, events, maxEvents, maxPayload, stopMask) =>
       e.frame_decode(state, input, len, events, maxEvents, maxPayload, stopMask) >>> 0,
+    deltaEncode: (prev, next, size, out, limit) => e.delta_encode(prev, next, size, out, limit) >>> 0,
+    deltaDecode: (page, size, delta, len) => e.delta_decode(page, size, delta, len) >>> 0,
   };
 }
 
@@ -114,5 +121,7 @@ function twinKernels(heap: Heap): Kernels {
     frameEncode: (out, cmd, id, seq, payload, len) => frameEncode(heap, out, cmd, id, seq, payload, len),
     frameDecode: (state, input, len, events, maxEvents, maxPayload, stopMask) =>
       frameDecode(heap, state, input, len, events, maxEvents, maxPayload, stopMask),
+    deltaEncode: (prev, next, size, out, limit) => deltaEncode(heap, prev, next, size, out, limit),
+    deltaDecode: (page, size, delta, len) => deltaDecode(heap, page, size, delta, len),
   };
 }

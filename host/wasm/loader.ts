@@ -22,6 +22,8 @@ export interface KernelExports {
   pages_zero(ram: number, pages: number, list: number, count: number, out: number): number;
   frame_encode(out: number, cmd: number, id: number, seq: number, payload: number, len: number): number;
   frame_decode(state: number, input: number, len: number, events: number, maxEvents: number, maxPayload: number, stopMask: number): number;
+  delta_encode(prev: number, next: number, size: number, out: number, limit: number): number;
+  delta_decode(page: number, size: number, delta: number, len: number): number;
 }
 
 const modules = new Map<WasmFlavor, WebAssembly.Module>();

@@ -1,0 +1,78 @@
+/**
+ * The checkpoint stream's byte layout (docs/checkpoint-stream.md explains each field). Modelled on
+ * Xen's migration stream v2 (xen docs/specs/libxc-migration-stream.pandoc): a versioned header,
+ * then records {type u32, length u32, body} with bodies padded to 8 bytes. Little-endian.
+ */
+
+/** "TNDMSTRM": the first 8 bytes of every stream. */
+export const MAGIC = Uint8Array.of(0x54, 0x4e, 0x44, 0x4d, 0x53, 0x54, 0x52, 0x4d);
+/** The only version this tandem writes and reads. */
+export const VERSION = 1;
+
+/** Stream header: offsets of its fields. */
+export const H_MAGIC = 0; //  u8[8]
+export const H_VERSION = 8; // u32
+export const H_PAGE_SIZE = 12; // u32
+export const H_REGIONS = 16; // u32  number of region descriptors that follow
+export const H_FLAGS = 20; // u32  none defined; a reader refuses any set bit
+export const HEADER_SIZE = 24;
+
+/** Region descriptor (one per guest memory region, in region-index order). */
+export const R_SIZE = 0; // u64  bytes, a multiple of the page size
+export const R_FLAGS = 8; // u32  none defined
+export const R_RESERVED = 12; // u32 zero
+export const REGION_SIZE = 16;
+/** Regions a stream may describe. */
+export const MAX_REGIONS = 64;
+
+/** Record header: offsets. */
+export const REC_TYPE = 0; // u32
+export const REC_LENGTH = 4; // u32  body bytes, not counting the padding to 8
+export const RECORD_HEADER_SIZE = 8;
+/** Bodies are padded with zero bytes to a multiple of this. */
+export const RECORD_ALIGN = 8;
+
+/** Record types. */
+export const RecordType = {
+  /** u32 region, u32 count, u32 pfn[count], zero pad to 8, then count full pages. */
+  Pages: 1,
+  /** u32 region, u32 count, u32 pfn[count]: pages that are all zero. */
+  ZeroPages: 2,
+  /** u32 region, u32 count, then count x { u32 pfn, u32 len, len delta bytes, zero pad to 4 }. */
+  DeltaPages: 3,
+  /** u32 device, u32 zero, then the device's state: opaque bytes from the emulator. */
+  DeviceState: 4,
+  /** u32 disk, u32 count, then count x { u64 offset, u32 len, u32 zero, len bytes, zero pad to 8 }. */
+  DiskWrites: 5,
+  /** u64 checkpoint number, u64 generation: the checkpoint is complete. */
+  CheckpointEnd: 6,
+} as const;
+/** One of {@link RecordType}. */
+export type RecordType = (typeof RecordType)[keyof typeof RecordType];
+
+/** Names of the record types, for errors. */
+export const RECORD_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
+  Object.entries(RecordType).map(([name, value]) => [value, name]),
+);
+
+/** What the header says about the guest. */
+export interface StreamHeader {
+  /** Bytes per page (4096 for every guest today). */
+  pageSize: number;
+  /** Guest memory regions, by index: their sizes in bytes. */
+  regions: readonly { size: number }[];
+}
+
+/** A parsed record. Byte fields are views into the bytes given to the reader. */
+export type StreamRecord =
+  | { type: "pages"; region: number; pfns: Uint32Array; data: Uint8Array }
+  | { type: "zero-pages"; region: number; pfns: Uint32Array }
+  | { type: "delta-pages"; region: number; pages: { pfn: number; delta: Uint8Array }[] }
+  | { type: "device-state"; device: number; data: Uint8Array }
+  | { type: "disk-writes"; disk: number; writes: { offset: number; data: Uint8Array }[] }
+  | { type: "checkpoint-end"; checkpoint: number; generation: number };
+
+/** `n` rounded up to a multiple of `align` (a power of two). */
+export function padTo(n: number, align: number): number {
+  return (n + align - 1) & ~(align - 1);
+}

@@ -1,0 +1,180 @@
+/** Writes checkpoint stream bytes (see format.ts and docs/checkpoint-stream.md). */
+
+import { ErrorCode, TandemError } from "../../errors.ts";
+import {
+  HEADER_SIZE, H_FLAGS, H_MAGIC, H_PAGE_SIZE, H_REGIONS, H_VERSION, MAGIC, MAX_REGIONS, RECORD_ALIGN, RECORD_HEADER_SIZE,
+  REC_LENGTH, REC_TYPE, REGION_SIZE, RecordType, R_FLAGS, R_RESERVED, R_SIZE, VERSION, padTo, type StreamHeader,
+} from "./format.ts";
+
+/** Builds stream bytes: the header once, then records; `take()` hands over what was written. */
+export class StreamWriter {
+  readonly #header: StreamHeader;
+  #bytes = new Uint8Array(64 * 1024);
+  #view = new DataView(this.#bytes.buffer);
+  #length = 0;
+
+  constructor(header: StreamHeader) {
+    const { pageSize, regions } = header;
+    if (!Number.isInteger(pageSize) || pageSize <= 0 || (pageSize & (pageSize - 1)) !== 0) {
+      throw new TandemError(ErrorCode.BadArgument, `page size ${pageSize}: expected a power of two`);
+    }
+    if (regions.length === 0 || regions.length > MAX_REGIONS) {
+      throw new TandemError(ErrorCode.BadArgument, `${regions.length} regions: expected 1 to ${MAX_REGIONS}`);
+    }
+    for (const { size } of regions) {
+      if (!Number.isSafeInteger(size) || size <= 0 || size % pageSize !== 0) {
+        throw new TandemError(ErrorCode.BadArgument, `region size ${size}: expected a positive multiple of ${pageSize}`);
+      }
+    }
+    this.#header = { pageSize, regions: regions.map((r) => ({ size: r.size })) };
+  }
+
+  /** Bytes written and not yet taken. */
+  get length(): number {
+    return this.#length;
+  }
+
+  /** The stream header: magic, version, page size, the guest's memory regions. */
+  writeHeader(): void {
+    const { pageSize, regions } = this.#header;
+    const at = this.#reserve(HEADER_SIZE + regions.length * REGION_SIZE);
+    this.#bytes.set(MAGIC, at + H_MAGIC);
+    this.#view.setUint32(at + H_VERSION, VERSION, true);
+    this.#view.setUint32(at + H_PAGE_SIZE, pageSize, true);
+    this.#view.setUint32(at + H_REGIONS, regions.length, true);
+    this.#view.setUint32(at + H_FLAGS, 0, true);
+    regions.forEach((r, i) => {
+      const d = at + HEADER_SIZE + i * REGION_SIZE;
+      this.#u64(d + R_SIZE, r.size);
+      this.#view.setUint32(d + R_FLAGS, 0, true);
+      this.#view.setUint32(d + R_RESERVED, 0, true);
+    });
+  }
+
+  /** Full pages: `page(pfn)` gives each page's bytes. */
+  pages(region: number, pfns: ArrayLike<number>, page: (pfn: number) => Uint8Array): void {
+    const size = this.#header.pageSize;
+    this.#checkPfns(region, pfns);
+    const listEnd = padTo(8 + pfns.length * 4, 8);
+    const body = this.#record(RecordType.Pages, listEnd + pfns.length * size);
+    this.#view.setUint32(body, region, true);
+    this.#view.setUint32(body + 4, pfns.length, true);
+    this.#bytes.fill(0, body + 8 + pfns.length * 4, body + listEnd);
+    for (let i = 0; i < pfns.length; i++) {
+      this.#view.setUint32(body + 8 + i * 4, pfns[i], true);
+      const bytes = page(pfns[i]);
+      if (bytes.length !== size) throw new TandemError(ErrorCode.BadArgument, `page ${pfns[i]} has ${bytes.length} bytes, expected ${size}`);
+      this.#bytes.set(bytes, body + listEnd + i * size);
+    }
+  }
+
+  /** Pages that are all zero. */
+  zeroPages(region: number, pfns: ArrayLike<number>): void {
+    this.#checkPfns(region, pfns);
+    const body = this.#record(RecordType.ZeroPages, 8 + pfns.length * 4);
+    this.#view.setUint32(body, region, true);
+    this.#view.setUint32(body + 4, pfns.length, true);
+    for (let i = 0; i < pfns.length; i++) this.#view.setUint32(body + 8 + i * 4, pfns[i], true);
+  }
+
+  /** Page deltas (assembly/delta.ts format) against the receiver's copies. */
+  deltaPages(region: number, pages: readonly { pfn: number; delta: Uint8Array }[]): void {
+    this.#checkPfns(region, pages.map((p) => p.pfn));
+    const size = pages.reduce((n, p) => n + 8 + padTo(p.delta.length, 4), 8);
+    let at = this.#record(RecordType.DeltaPages, size);
+    this.#view.setUint32(at, region, true);
+    this.#view.setUint32(at + 4, pages.length, true);
+    at += 8;
+    for (const { pfn, delta } of pages) {
+      this.#view.setUint32(at, pfn, true);
+      this.#view.setUint32(at + 4, delta.length, true);
+      this.#bytes.set(delta, at + 8);
+      this.#bytes.fill(0, at + 8 + delta.length, at + 8 + padTo(delta.length, 4));
+      at += 8 + padTo(delta.length, 4);
+    }
+  }
+
+  /** The device state of `device`: opaque bytes from the emulator. */
+  deviceState(device: number, data: Uint8Array): void {
+    this.#checkU32(device, "device");
+    const body = this.#record(RecordType.DeviceState, 8 + data.length);
+    this.#view.setUint32(body, device, true);
+    this.#view.setUint32(body + 4, 0, true);
+    this.#bytes.set(data, body + 8);
+  }
+
+  /** Writes to `disk` made in this checkpoint's epoch, in order. */
+  diskWrites(disk: number, writes: readonly { offset: number; data: Uint8Array }[]): void {
+    this.#checkU32(disk, "disk");
+    const size = writes.reduce((n, w) => n + 16 + padTo(w.data.length, 8), 8);
+    let at = this.#record(RecordType.DiskWrites, size);
+    this.#view.setUint32(at, disk, true);
+    this.#view.setUint32(at + 4, writes.length, true);
+    at += 8;
+    for (const { offset, data } of writes) {
+      if (!Number.isSafeInteger(offset) || offset < 0) throw new TandemError(ErrorCode.BadArgument, `disk offset ${offset}`);
+      this.#u64(at, offset);
+      this.#view.setUint32(at + 8, data.length, true);
+      this.#view.setUint32(at + 12, 0, true);
+      this.#bytes.set(data, at + 16);
+      this.#bytes.fill(0, at + 16 + data.length, at + 16 + padTo(data.length, 8));
+      at += 16 + padTo(data.length, 8);
+    }
+  }
+
+  /** Ends the checkpoint: everything since the previous end is one consistent state. */
+  checkpointEnd(checkpoint: number, generation: number): void {
+    const body = this.#record(RecordType.CheckpointEnd, 16);
+    this.#u64(body, checkpoint);
+    this.#u64(body + 8, generation);
+  }
+
+  /** The bytes written since the last take (a new array); the writer starts empty again. */
+  take(): Uint8Array {
+    const out = this.#bytes.slice(0, this.#length);
+    this.#length = 0;
+    return out;
+  }
+
+  /** Appends a record header and zeroes the body's padding; returns where the body goes. */
+  #record(type: RecordType, length: number): number {
+    if (length > 0xffff_ffff) throw new TandemError(ErrorCode.PayloadTooLarge, `a ${length}-byte record; split it`);
+    const at = this.#reserve(RECORD_HEADER_SIZE + padTo(length, RECORD_ALIGN));
+    this.#view.setUint32(at + REC_TYPE, type, true);
+    this.#view.setUint32(at + REC_LENGTH, length, true);
+    const body = at + RECORD_HEADER_SIZE;
+    this.#bytes.fill(0, body + length, body + padTo(length, RECORD_ALIGN));
+    return body;
+  }
+
+  #reserve(n: number): number {
+    const at = this.#length;
+    if (at + n > this.#bytes.length) {
+      const grown = new Uint8Array(Math.max(this.#bytes.length * 2, at + n));
+      grown.set(this.#bytes.subarray(0, at));
+      this.#bytes = grown;
+      this.#view = new DataView(grown.buffer);
+    }
+    this.#length = at + n;
+    return at;
+  }
+
+  #u64(at: number, value: number): void {
+    this.#view.setUint32(at, value % 2 ** 32, true);
+    this.#view.setUint32(at + 4, Math.floor(value / 2 ** 32), true);
+  }
+
+  #checkU32(value: number, what: string): void {
+    if (!Number.isInteger(value) || value < 0 || value > 0xffff_ffff) throw new TandemError(ErrorCode.BadArgument, `${what} ${value}: expected a u32`);
+  }
+
+  #checkPfns(region: number, pfns: ArrayLike<number>): void {
+    const r = this.#header.regions[region];
+    if (!r) throw new TandemError(ErrorCode.BadArgument, `region ${region}: the stream has ${this.#header.regions.length}`);
+    const pages = r.size / this.#header.pageSize;
+    for (let i = 0; i < pfns.length; i++) {
+      const pfn = pfns[i];
+      if (!Number.isInteger(pfn) || pfn < 0 || pfn >= pages) throw new TandemError(ErrorCode.OutOfRange, `page ${pfn} is not in region ${region} (${pages} pages)`);
+    }
+  }
+}
