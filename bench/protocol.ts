@@ -4,6 +4,8 @@
  * framing: 1 MiB transactions of 4 KiB pages (BEGIN, 256 CONTINUE, COMMIT) encoded by the frame
  *          kernel from a source area into a wire buffer, then decoded in place into payload
  *          segments, all in memory; against one memcpy of the same 1 MiB. Every flavor, one run.
+ * delta:   page deltas for 1024 pages each with 1% of their bytes (41) changed at random places:
+ *          encode speed for every flavor, and encoded bytes over raw bytes.
  * tcp:     transactions (1 MiB each, written as 4 KiB pages, each committed and acknowledged)
  *          from a sender to a receiver in another process over TCP loopback, against raw socket
  *          writes of the same payload bytes in the sender's write size (its 256 KiB buffers) to
@@ -20,7 +22,8 @@ import { TransactionSender } from "../host/protocol/sender.ts";
 import { connect } from "../host/protocol/socket-transport.ts";
 import { selfCommand } from "../host/runtime/self-command.ts";
 import { Heap } from "../host/wasm/heap.ts";
-import { kernelsFor, type KernelFlavor } from "../host/wasm/kernels.ts";
+import { DELTA_TOO_LARGE, kernelsFor, type KernelFlavor } from "../host/wasm/kernels.ts";
+import { seededRandom } from "../host/prng.ts";
 import { median, race, type Contender } from "./timing.ts";
 import type { Progress } from "./memory.ts";
 
@@ -69,6 +72,45 @@ function framing(progress: Progress): Record<string, number> {
     memcpy_gbps: gbps("memcpy"),
     framing_vs_memcpy: ms.memcpy / ms.simd,
     framing_vs_memcpy_ts: ms.memcpy / ms.ts,
+  };
+}
+
+function delta(progress: Progress): Record<string, number> {
+  const pages = 1024;
+  const heap = Heap.create(3 * pages * PAGE + 64 * 1024);
+  const prev = heap.alloc(pages * PAGE);
+  const next = heap.alloc(pages * PAGE);
+  const out = heap.alloc(pages * PAGE);
+  const random = seededRandom(5);
+  for (let i = 0; i < pages * PAGE; i++) heap.u8[prev + i] = random() < 0.5 ? 0 : Math.floor(random() * 256);
+  heap.u8.copyWithin(next, prev, prev + pages * PAGE);
+  for (let p = 0; p < pages; p++) {
+    for (let c = 0; c < Math.round(PAGE / 100); c++) heap.u8[next + p * PAGE + Math.floor(random() * PAGE)] ^= 1 + Math.floor(random() * 255);
+  }
+  const encoded = new Map<string, number>();
+  const contenders: Contender[] = FLAVORS.map((flavor) => {
+    const k = kernelsFor(heap, flavor);
+    return {
+      name: flavor,
+      run: () => {
+        let total = 0;
+        for (let p = 0; p < pages; p++) {
+          const n = k.deltaEncode(prev + p * PAGE, next + p * PAGE, PAGE, out + p * PAGE, PAGE - 8);
+          total += n === DELTA_TOO_LARGE ? PAGE : n;
+        }
+        encoded.set(flavor, total);
+      },
+    };
+  });
+  const ms = race(contenders, { warmup: 10, rounds: 41, onRound: (r) => progress(`page deltas, round ${r + 1}/51`) });
+  if (new Set(encoded.values()).size !== 1) throw new Error(`delta bench: flavors encoded different sizes ${[...encoded.values()]}`);
+  const gbps = (name: string) => (pages * PAGE) / 1e9 / (ms[name] / 1000);
+  return {
+    delta_encode_gbps_wasm: gbps("simd"),
+    delta_encode_gbps_wasm_scalar: gbps("scalar"),
+    delta_encode_gbps_ts: gbps("ts"),
+    delta_encode_speedup_vs_ts: ms.ts / ms.simd,
+    delta_ratio_1pct: encoded.get("simd")! / (pages * PAGE),
   };
 }
 
@@ -162,5 +204,5 @@ async function tcp(progress: Progress): Promise<Record<string, number>> {
 
 /** Runs the protocol suite; returns its metrics. */
 export async function runProtocolSuite(progress: Progress): Promise<Record<string, number>> {
-  return { ...framing(progress), ...(await tcp(progress)) };
+  return { ...framing(progress), ...delta(progress), ...(await tcp(progress)) };
 }
