@@ -15,3 +15,18 @@ export { DirtyLogBase, DirtyLogState, nextDirtyLogState, type DirtyLog, type Dir
 export { BitmapDirtyLog, type BitmapDirtyLogOptions } from "./memory/bitmap-dirty-log.ts";
 export { DetectingDirtyLog, type DetectingDirtyLogOptions } from "./memory/detecting-dirty-log.ts";
 export { ZeroPageFinder, type ZeroPageFinderOptions } from "./memory/zero-pages.ts";
+export { Cmd, CMD_NAMES, FrameDecoder, HEADER_SIZE as FRAME_HEADER_SIZE, cmdMask, type FrameSink, type FrameDecoderOptions } from "./protocol/frame.ts";
+export { SessionState, senderTransition, receiverTransition, type SenderEvent, type ReceiverEvent } from "./protocol/session-state.ts";
+export { TransactionSender, type SenderOptions, type SenderStats } from "./protocol/sender.ts";
+export {
+  TransactionReceiver, type ReceivedTransaction, type ReceiverOptions, type ReceiverStats, type TransactionConsumer,
+} from "./protocol/receiver.ts";
+export { TransportBase, memoryPair, type Transport } from "./protocol/transport.ts";
+export { connect, listen, SocketTransport, type SocketAddress, type TransportServer } from "./protocol/socket-transport.ts";
+export { FaultyTransport, type FaultOptions } from "./protocol/faulty-transport.ts";
+export { PageDeltaCodec, type PageDeltaOptions } from "./protocol/page-delta.ts";
+export { StreamWriter } from "./protocol/stream/writer.ts";
+export { StreamReader } from "./protocol/stream/reader.ts";
+export { RecordType, type StreamHeader, type StreamRecord } from "./protocol/stream/format.ts";
+export { configureTracing, tracerFor, type TraceCategory, type Tracer, type TraceSink } from "./trace.ts";
+export { DELTA_TOO_LARGE, SCAN_SLACK } from "./wasm/kernels.ts";

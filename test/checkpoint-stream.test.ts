@@ -5,6 +5,7 @@ import { HEADER_SIZE, RECORD_HEADER_SIZE, type StreamRecord } from "../host/prot
 import { StreamReader } from "../host/protocol/stream/reader.ts";
 import { StreamWriter } from "../host/protocol/stream/writer.ts";
 import { seededRandom } from "../host/prng.ts";
+import { concat } from "./support/bytes.ts";
 import { errorCode } from "./support/errors.ts";
 
 const test = suite("the checkpoint stream format");
@@ -34,16 +35,6 @@ function sample(): { bytes: Uint8Array; records: StreamRecord[] } {
     { type: "checkpoint-end", checkpoint: 17, generation: 3 },
   ];
   return { bytes: w.take(), records };
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /** Comparable form: typed arrays as plain arrays. */

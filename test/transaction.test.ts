@@ -8,6 +8,7 @@ import { memoryPair } from "../host/protocol/transport.ts";
 import { seededRandom } from "../host/prng.ts";
 import { configureTracing } from "../host/trace.ts";
 import { KERNEL_FLAVORS } from "../host/wasm/kernels.ts";
+import { concat } from "./support/bytes.ts";
 import { errorCode } from "./support/errors.ts";
 import { STREAM_ERRORS, pattern, rejectionCode, session, until } from "./support/session.ts";
 
@@ -23,16 +24,6 @@ function frame(cmd: number, id: number, seq: number, payload: Uint8Array | numbe
   view.setUint32(4, seq, true);
   view.setUint32(8, typeof payload === "number" ? payload : body.length, true);
   out.set(body, HEADER_SIZE);
-  return out;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
   return out;
 }
 
