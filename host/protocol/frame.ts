@@ -39,7 +39,7 @@ export const EVENT_SIZE = 16;
 export const MAX_FRAME_PAYLOAD = 0xffff_ffff;
 
 const EVENT_HEADER = 1;
-const S = { fill: 0, left: 1, consumed: 2, error: 3, cmd: 4, stopped: 8 } as const; // u32 indices
+const S = { fill: 0, left: 1, consumed: 2, error: 3, stopped: 8 } as const; // u32 indices into the state struct
 
 /** Receives what the decoder finds, in stream order. */
 export interface FrameSink {
