@@ -8,9 +8,12 @@
  *          encode speed for every flavor, and encoded bytes over raw bytes.
  * tcp:     transactions (1 MiB each, written as 4 KiB pages, each committed and acknowledged)
  *          from a sender to a receiver in another process over TCP loopback, against raw socket
- *          writes of the same payload bytes in the sender's write size (its 256 KiB buffers) to
- *          a peer process that answers one byte after the last; both timed to that answer.
- *          Payload bytes per second; the ratio is tcp_efficiency.
+ *          writes of the same payload bytes to a peer process that counts them and answers one
+ *          byte after the last; both timed to that answer. Payload bytes per second.
+ *          tcp_efficiency compares with raw writes of the same size as the application's writes
+ *          (4 KiB pages), as the issue defines it; tcp_efficiency_vs_256k_writes with raw writes
+ *          of the sender's own buffer size, the stricter baseline (the sender batches pages into
+ *          those buffers, so raw 4 KiB writes are slower than what the sender puts on the wire).
  */
 
 import { Buffer } from "node:buffer";
@@ -174,27 +177,33 @@ async function tcp(progress: Progress): Promise<Record<string, number>> {
   const rawPeer = await startPeer(["raw", String(total)]);
   const txnPeer = await startPeer(["transactions"]);
   try {
-    const raw: number[] = [];
+    const rawPages: number[] = [];
+    const rawBuffers: number[] = [];
     const small: number[] = [];
     const large: number[] = [];
     for (let round = 0; round < 7; round++) {
       progress(`tcp loopback, round ${round + 1}/7`);
-      const r = total / 1e9 / (await rawTcp(rawPeer.port, total, writeSize));
+      const rp = total / 1e9 / (await rawTcp(rawPeer.port, total, PAGE));
+      const rb = total / 1e9 / (await rawTcp(rawPeer.port, total, writeSize));
       const s = total / 1e9 / (await transactionsTcp(txnPeer.port, total, TXN));
       const l = total / 1e9 / (await transactionsTcp(txnPeer.port, total, LARGE_TXN));
       if (round >= 2) { // the first rounds warm both processes up
-        raw.push(r);
+        rawPages.push(rp);
+        rawBuffers.push(rb);
         small.push(s);
         large.push(l);
       }
     }
-    const rawGbps = median(raw);
+    const raw4k = median(rawPages);
+    const raw256k = median(rawBuffers);
     return {
-      tcp_raw_gbps: rawGbps,
+      tcp_raw_gbps: raw4k,
+      tcp_raw_gbps_256k_writes: raw256k,
       tcp_transaction_gbps: median(small),
-      tcp_efficiency: median(small) / rawGbps,
+      tcp_efficiency: median(small) / raw4k,
+      tcp_efficiency_vs_256k_writes: median(small) / raw256k,
       tcp_transaction_gbps_16mib: median(large),
-      tcp_efficiency_16mib: median(large) / rawGbps,
+      tcp_efficiency_16mib_vs_256k_writes: median(large) / raw256k,
     };
   } finally {
     rawPeer.stop();
