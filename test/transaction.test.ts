@@ -4,7 +4,7 @@ import { ErrorCode } from "../host/errors.ts";
 import { Cmd, HEADER_SIZE } from "../host/protocol/frame.ts";
 import { SessionState, receiverTransition, senderTransition } from "../host/protocol/session-state.ts";
 import { TransactionReceiver } from "../host/protocol/receiver.ts";
-import { memoryPair } from "../host/protocol/transport.ts";
+import { TransportBase, memoryPair } from "../host/protocol/transport.ts";
 import { seededRandom } from "../host/prng.ts";
 import { configureTracing } from "../host/trace.ts";
 import { KERNEL_FLAVORS } from "../host/wasm/kernels.ts";
@@ -187,6 +187,49 @@ test("every header field corrupted gets its error code, and nothing is delivered
     else assert.is(got, code, name);
     assert.equal(seen, [], `${name}: nothing delivered`);
   }
+});
+
+/** A transport end that delivers exactly the chunks a test gives it. */
+class HandFed extends TransportBase {
+  write(_chunk: Uint8Array, done: (error?: Error) => void): boolean {
+    queueMicrotask(() => done());
+    return true;
+  }
+  close(): void {
+    this.ended();
+  }
+  feed(chunk: Uint8Array): void {
+    this.deliver(chunk);
+  }
+}
+
+test("payloads reach the consumer uncopied: segments are views into the delivered chunks", async () => {
+  const end = new HandFed();
+  const seen: { buffers: ArrayBufferLike[]; bytes: Uint8Array }[] = [];
+  const receiver = new TransactionReceiver(end, (t) => void seen.push({ buffers: t.segments.map((s) => s.buffer), bytes: t.bytes() }));
+  receiver.open();
+  const chunk = concat([frame(Cmd.Begin, 0, 0), frame(Cmd.Continue, 0, 1, pattern(5000, 1)), frame(Cmd.Commit, 0, 2)]);
+  end.feed(chunk);
+  await until(() => seen.length === 1);
+  assert.is(seen[0].buffers[0], chunk.buffer, "the segment is a view into the chunk itself");
+  assert.equal(seen[0].bytes, pattern(5000, 1));
+});
+
+test("a peer trickling tiny frames in mostly empty buffers cannot make the receiver pin them", async () => {
+  const end = new HandFed();
+  let delivered = 0;
+  const receiver = new TransactionReceiver(end, (t) => void (delivered = t.byteLength));
+  receiver.open();
+  end.feed(frame(Cmd.Begin, 0, 0));
+  for (let i = 1; i <= 200; i++) {
+    // Each frame alone at the start of its own 64 KiB buffer, as a socket read of a tiny packet is.
+    const buffer = new Uint8Array(65536);
+    buffer.set(frame(Cmd.Continue, 0, i, Uint8Array.of(i & 0xff)));
+    end.feed(buffer.subarray(0, HEADER_SIZE + 1));
+  }
+  end.feed(frame(Cmd.Commit, 0, 201));
+  await until(() => delivered === 200);
+  assert.ok(receiver.stats.peakBufferedBytes < 65536, `peak ${receiver.stats.peakBufferedBytes} bytes, not 200 buffers of 64 KiB`);
 });
 
 test("a frame before the receiver opened is E_INVALID_STATE", async () => {

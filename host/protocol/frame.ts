@@ -6,6 +6,7 @@
 import { ErrorCode, TandemError } from "../errors.ts";
 import type { Heap } from "../wasm/heap.ts";
 import type { Kernels } from "../wasm/kernels.ts";
+import { EVENT_HEADER as SCAN_HEADER, newScanState, scanFrames, type ScanState } from "../wasm/twin/frame.ts";
 
 /**
  * Frame commands. The values are seed 000's, but for NACK: the seed numbered it -1, which a u16
@@ -117,5 +118,57 @@ export class FrameDecoder {
   /** True when the stream so far ends inside a frame's payload. */
   get inPayload(): boolean {
     return this.#heap.u32[(this.#state >>> 2) + S.left] !== 0;
+  }
+}
+
+/** Receives what a {@link ChunkFrameDecoder} finds, in stream order. */
+export interface ChunkSink {
+  /** A complete frame header. */
+  header(cmd: number, id: number, seq: number, payloadLength: number): void;
+  /** A piece of the current frame's payload: a view into the chunk being decoded. */
+  payload(bytes: Uint8Array): void;
+}
+
+/**
+ * Decodes frames straight out of the chunks a transport delivers, with no copy into Wasm memory.
+ * For bytes that live outside any heap this beats the kernel: the only per-byte work is the copy
+ * into the kernel's memory, and that copy costs more than the header parsing it would speed up
+ * (docs/protocol.md, Performance). It runs the twin's algorithm, which the tests hold to the kernel.
+ */
+export class ChunkFrameDecoder {
+  readonly #state: ScanState = newScanState();
+  readonly #maxPayload: number;
+
+  constructor(maxPayload: number) {
+    if (!Number.isInteger(maxPayload) || maxPayload < 0 || maxPayload > MAX_FRAME_PAYLOAD) {
+      throw new TandemError(ErrorCode.BadArgument, `maxPayload ${maxPayload}: expected 0 to ${MAX_FRAME_PAYLOAD}`);
+    }
+    this.#maxPayload = maxPayload;
+  }
+
+  /**
+   * Decodes `chunk` from byte `from`; returns how many bytes it consumed: all of them, unless a
+   * frame whose command is in `stopAfter` ended first. A payload_len over the limit throws
+   * E_PAYLOAD_TOO_LARGE and leaves the decoder unusable.
+   */
+  decode(chunk: Uint8Array, from: number, stopAfter: number, sink: ChunkSink): number {
+    const result = scanFrames(this.#state, chunk, from, chunk.length - from, Infinity, this.#maxPayload, stopAfter, (kind, a, b, c) => {
+      if (kind === SCAN_HEADER) sink.header(a & 0xffff, a >>> 16, b, c);
+      else sink.payload(chunk.subarray(from + a, from + a + b));
+    });
+    if (result.tooLarge) {
+      throw new TandemError(ErrorCode.PayloadTooLarge, `a frame announces more than ${this.#maxPayload} bytes of payload`);
+    }
+    return result.consumed;
+  }
+
+  /** True when the stream so far ends inside a frame header. */
+  get inHeader(): boolean {
+    return this.#state.fill !== 0;
+  }
+
+  /** True when the stream so far ends inside a frame's payload. */
+  get inPayload(): boolean {
+    return this.#state.left !== 0;
   }
 }

@@ -7,17 +7,20 @@
  * finished: ACK if it returned (or its promise resolved), NACK if it threw. (The seed sent ACK
  * before applying; then an ACK could stand for a checkpoint the standby never had.)
  *
- * Bytes from the transport are copied once into a memory of the receiver's own and decoded in
- * place by the frame kernel; the consumer gets the payloads as views into that memory, valid
- * until it returns. How much may be buffered is bounded: one frame's payload by
- * `maxFramePayload`, one transaction by `maxTransactionBytes`.
+ * No byte is copied on the way in: frames are decoded straight out of the chunks the transport
+ * hands over (they are the receiver's from then on), and the consumer gets the payloads as views
+ * into them, valid until it returns. How much may be held is bounded: one frame's payload by
+ * `maxFramePayload`, one transaction by `maxTransactionBytes`, and the memory a transaction pins
+ * (its chunks) by about the two together. A payload piece in a chunk that is mostly empty is
+ * copied instead of pinning the chunk's whole buffer, so a peer that trickles tiny packets cannot
+ * make the receiver hold many times what it sent.
  */
 
 import { ErrorCode, TandemError } from "../errors.ts";
 import { tracerFor, type Tracer } from "../trace.ts";
-import { Heap, WASM_PAGE_SIZE } from "../wasm/heap.ts";
+import { Heap } from "../wasm/heap.ts";
 import { kernelsFor, type KernelFlavor, type Kernels } from "../wasm/kernels.ts";
-import { CMD_NAMES, Cmd, DECODER_STATE_SIZE, EVENT_SIZE, FrameDecoder, HEADER_SIZE, cmdMask, type FrameSink } from "./frame.ts";
+import { CMD_NAMES, ChunkFrameDecoder, Cmd, HEADER_SIZE, cmdMask, type ChunkSink } from "./frame.ts";
 import { SessionState, isIdle, receiverTransition, type ReceiverEvent } from "./session-state.ts";
 import type { Transport } from "./transport.ts";
 
@@ -46,7 +49,7 @@ export interface ReceiverOptions {
   maxTransactionBytes?: number;
   /** Longest silence allowed inside an open transaction, in ms; 0 for none. Default 0. */
   idleTimeoutMs?: number;
-  /** Which frame kernels to run; default: see {@link defaultFlavor}. */
+  /** Which kernels encode the answers; default: see {@link defaultFlavor}. */
   kernels?: KernelFlavor;
 }
 
@@ -59,12 +62,11 @@ export interface ReceiverStats {
   cancelledHere: number;
   /** Bytes received from the transport. */
   bytes: number;
-  /** Bytes held now, and the most held at once. */
+  /** Bytes held now (the open transaction's chunks and undecoded input), and the most held at once. */
   bufferedBytes: number;
   peakBufferedBytes: number;
 }
 
-const EVENTS = 256;
 const STOP = cmdMask(Cmd.Commit, Cmd.Atomic, Cmd.Cancel);
 const RECV_EVENT: Partial<Record<number, ReceiverEvent>> = {
   [Cmd.Begin]: "recv-begin",
@@ -75,31 +77,35 @@ const RECV_EVENT: Partial<Record<number, ReceiverEvent>> = {
 };
 
 /** The receiving side of a transaction session. */
-export class TransactionReceiver implements FrameSink {
+export class TransactionReceiver implements ChunkSink {
   readonly #transport: Transport;
   readonly #consumer: TransactionConsumer;
   readonly #heap: Heap;
   readonly #kernels: Kernels;
-  readonly #decoder: FrameDecoder;
+  readonly #decoder: ChunkFrameDecoder;
   readonly #trace: Tracer | undefined;
   readonly #maxTransaction: number;
   readonly #maxBuffered: number;
   readonly #idleMs: number;
   readonly #answer: number;
-  readonly #rxBase: number;
-  #rxEnd: number;
-  #decodePos: number;
+  /** Delivered chunks not yet fully decoded, oldest first, with how far each was read. */
+  #pending: { chunk: Uint8Array; at: number }[] = [];
+  #pendingBytes = 0;
+  /** The chunk being decoded (its payload pieces become segments). */
+  #chunk: Uint8Array | undefined;
   #state: SessionState = SessionState.Init;
   #expectedId = 0;
   #lastSeq = 0;
-  #segments: number[] = [];
+  #segments: Uint8Array[] = [];
   #txnBytes = 0;
+  /** Memory the open transaction's segments pin, and the last buffer counted in it. */
+  #pinned = 0;
+  #pinnedBuffer: ArrayBufferLike | undefined;
   #frameLeft = 0;
   #complete = false;
   #cancelledId: number | undefined;
   #dropping = false;
   #applying = false;
-  #queued: Uint8Array[] = [];
   #peerGone: Error | undefined | null = null;
   #idleTimer: ReturnType<typeof setTimeout> | undefined;
   #error: TandemError | undefined;
@@ -122,15 +128,10 @@ export class TransactionReceiver implements FrameSink {
     this.#idleMs = options.idleTimeoutMs ?? 0;
     this.#transport = transport;
     this.#consumer = consumer;
-    const meta = DECODER_STATE_SIZE + EVENTS * EVENT_SIZE + 2 * 64 + HEADER_SIZE;
-    const metaPages = Math.ceil(meta / WASM_PAGE_SIZE);
-    // Own memory: fixed bookkeeping first, then the receive area, which grows at the end.
-    this.#heap = new Heap(new WebAssembly.Memory({ initial: metaPages + 1 }), { reserved: { offset: 0, size: meta + 64 }, grow: false });
+    this.#heap = Heap.create(256);
     this.#kernels = kernelsFor(this.#heap, options.kernels);
-    this.#decoder = new FrameDecoder(this.#heap, this.#kernels, { maxPayload: maxFrame, maxEvents: EVENTS });
     this.#answer = this.#heap.alloc(HEADER_SIZE);
-    this.#rxBase = metaPages * WASM_PAGE_SIZE;
-    this.#rxEnd = this.#decodePos = this.#rxBase;
+    this.#decoder = new ChunkFrameDecoder(maxFrame);
     this.#trace = tracerFor("protocol");
     this.#done = new Promise<void>((resolve, reject) => {
       this.#resolveDone = resolve;
@@ -181,7 +182,7 @@ export class TransactionReceiver implements FrameSink {
       this.#send(Cmd.Cancel, this.#expectedId);
       this.#cancelledId = this.#expectedId;
       this.#expectedId = (this.#expectedId + 1) & 0xffff;
-      this.#segments = [];
+      this.#release();
       this.#stats.cancelledHere++;
       this.#idle();
     });
@@ -192,7 +193,7 @@ export class TransactionReceiver implements FrameSink {
     this.#fail(new TandemError(ErrorCode.InvalidState, "the receiver was closed"));
   }
 
-  // --- FrameSink: called by the decoder, in stream order ---------------------------------------
+  // --- ChunkSink: called by the decoder, in stream order ---------------------------------------
 
   /** @internal */
   header(cmd: number, id: number, seq: number, payloadLength: number): void {
@@ -218,28 +219,38 @@ export class TransactionReceiver implements FrameSink {
     if (seq !== wantSeq) throw new TandemError(ErrorCode.SeqMismatch, `${CMD_NAMES[cmd]} with seq ${seq}, expected ${wantSeq}`);
     this.#step(event);
     this.#lastSeq = seq;
-    if (first) {
-      this.#segments = [];
-      this.#txnBytes = 0;
-    }
+    if (first) this.#release();
     this.#frameLeft = payloadLength;
     if (cmd === Cmd.Commit || (cmd === Cmd.Atomic && payloadLength === 0)) this.#complete = true;
     if (cmd === Cmd.Cancel) {
-      this.#segments = [];
+      this.#release();
       this.#expectedId = (this.#expectedId + 1) & 0xffff;
       this.#stats.cancelledBySender++;
     }
   }
 
   /** @internal */
-  payload(offset: number, length: number): void {
+  payload(bytes: Uint8Array): void {
     if (this.#dropping) return;
-    this.#segments.push(offset, length);
-    this.#txnBytes += length;
+    const chunk = this.#chunk!;
+    // Keep a view when the chunk fills most of its buffer; else copy, not to pin a mostly empty buffer.
+    let segment = bytes;
+    if (chunk.length * 2 >= chunk.buffer.byteLength) {
+      if (chunk.buffer !== this.#pinnedBuffer) {
+        this.#pinned += chunk.buffer.byteLength;
+        this.#pinnedBuffer = chunk.buffer;
+      }
+    } else {
+      segment = bytes.slice();
+      this.#pinned += segment.length;
+    }
+    this.#segments.push(segment);
+    this.#txnBytes += bytes.length;
     if (this.#txnBytes > this.#maxTransaction) {
       throw new TandemError(ErrorCode.PayloadTooLarge, `transaction ${this.#expectedId} passed ${this.#maxTransaction} bytes`);
     }
-    this.#frameLeft -= length;
+    this.#account();
+    this.#frameLeft -= bytes.length;
     if (this.#state === SessionState.Atomic && this.#frameLeft === 0) this.#complete = true;
   }
 
@@ -249,38 +260,18 @@ export class TransactionReceiver implements FrameSink {
     if (this.#error || this.#ended) return;
     this.#stats.bytes += chunk.length;
     this.#quietly(() => {
-      if (this.#applying) {
-        // The consumer holds views into our memory: growing it now would detach them. Queue a copy.
-        this.#account(chunk.length);
-        this.#queued.push(chunk.slice());
-        return;
-      }
-      this.#append(chunk);
+      this.#pending.push({ chunk, at: 0 });
+      this.#pendingBytes += chunk.length;
+      this.#account();
+      if (this.#applying) return; // decoded once the consumer is done
       this.#pump();
       this.#armIdleTimer(); // after decoding: this chunk may have opened a transaction
     });
   }
 
-  #append(chunk: Uint8Array): void {
-    const end = this.#rxEnd + chunk.length;
-    this.#account(chunk.length);
-    const size = this.#heap.memory.buffer.byteLength;
-    if (end > size) {
-      // Grow at least twofold so a long transaction costs few grows.
-      const pages = Math.max(Math.ceil((end - size) / WASM_PAGE_SIZE), size / WASM_PAGE_SIZE);
-      try {
-        this.#heap.memory.grow(pages);
-      } catch {
-        throw new TandemError(ErrorCode.PayloadTooLarge, `cannot grow the receive buffer to ${end} bytes`);
-      }
-    }
-    this.#heap.u8.set(chunk, this.#rxEnd);
-    this.#rxEnd = end;
-  }
-
-  /** Checks that `more` bytes on top of what is held stay within the bound, and records the peak. */
-  #account(more: number): void {
-    const held = this.#rxEnd - this.#rxBase + this.#queuedBytes() + more;
+  /** Checks what is held against the bound, and records the peak. */
+  #account(): void {
+    const held = this.#pinned + this.#pendingBytes;
     if (held > this.#maxBuffered) {
       throw this.#die(new TandemError(ErrorCode.PayloadTooLarge, `the sender pushed more than ${this.#maxBuffered} bytes without a transaction ending`));
     }
@@ -288,41 +279,30 @@ export class TransactionReceiver implements FrameSink {
     if (held > this.#stats.peakBufferedBytes) this.#stats.peakBufferedBytes = held;
   }
 
-  #queuedBytes(): number {
-    return this.#queued.reduce((n, c) => n + c.length, 0);
-  }
-
-  /** Decodes what is buffered, delivering each transaction as it completes. */
+  /** Decodes pending chunks, delivering each transaction as it completes. */
   #pump(): void {
-    while (!this.#applying && !this.#error && this.#decodePos < this.#rxEnd) {
-      this.#decodePos += this.#decoder.decode(this.#decodePos, this.#rxEnd - this.#decodePos, STOP, this);
+    while (!this.#applying && !this.#error && this.#pending.length > 0) {
+      const head = this.#pending[0];
+      this.#chunk = head.chunk;
+      const used = this.#decoder.decode(head.chunk, head.at, STOP, this);
+      head.at += used;
+      this.#pendingBytes -= used;
+      if (head.at === head.chunk.length) this.#pending.shift();
       if (this.#complete) {
         this.#complete = false;
         void this.#deliver();
         return;
       }
     }
-    if (isIdle(this.#state)) this.#compact();
-  }
-
-  /** Moves undecoded bytes to the start of the receive area; only between transactions. */
-  #compact(): void {
-    const rest = this.#rxEnd - this.#decodePos;
-    if (this.#decodePos !== this.#rxBase) this.#heap.u8.copyWithin(this.#rxBase, this.#decodePos, this.#rxEnd);
-    this.#decodePos = this.#rxBase;
-    this.#rxEnd = this.#rxBase + rest;
-    this.#stats.bufferedBytes = rest;
+    this.#chunk = undefined;
+    this.#stats.bufferedBytes = this.#pinned + this.#pendingBytes;
   }
 
   async #deliver(): Promise<void> {
     this.#applying = true;
     this.#idle();
     const id = this.#expectedId;
-    const u8 = this.#heap.u8;
-    const segments: Uint8Array[] = [];
-    for (let i = 0; i < this.#segments.length; i += 2) {
-      segments.push(u8.subarray(this.#segments[i], this.#segments[i] + this.#segments[i + 1]));
-    }
+    const segments = this.#segments;
     const byteLength = this.#txnBytes;
     const transaction: ReceivedTransaction = {
       id,
@@ -347,7 +327,7 @@ export class TransactionReceiver implements FrameSink {
       refusal = error ?? new Error("refused");
     }
     this.#applying = false;
-    this.#segments = [];
+    this.#release();
     if (this.#error) return;
     this.#quietly(() => {
       if (refusal === undefined) {
@@ -361,14 +341,19 @@ export class TransactionReceiver implements FrameSink {
         this.#send(Cmd.Nack, id);
       }
       this.#expectedId = (id + 1) & 0xffff;
-      this.#compact();
-      const queued = this.#queued.splice(0);
-      for (const chunk of queued) this.#append(chunk);
       this.#pump();
       this.#armIdleTimer();
       // A close that came while the consumer ran takes effect once what came before it is decoded.
       if (!this.#applying && this.#peerGone !== null) this.#closed(this.#peerGone ?? undefined);
     });
+  }
+
+  /** Drops the open transaction's segments (and what they pin). */
+  #release(): void {
+    this.#segments = [];
+    this.#txnBytes = 0;
+    this.#pinned = 0;
+    this.#pinnedBuffer = undefined;
   }
 
   #send(cmd: number, id: number): void {
@@ -454,8 +439,9 @@ export class TransactionReceiver implements FrameSink {
     if (this.#error || this.#ended) return;
     this.#error = error;
     this.#idle();
-    this.#segments = [];
-    this.#queued = [];
+    this.#release();
+    this.#pending = [];
+    this.#pendingBytes = 0;
     this.#trace?.("error", { code: error.code });
     this.#rejectDone(error);
     this.#transport.close();

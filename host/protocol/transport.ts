@@ -7,6 +7,10 @@
  * "wait": the transport is backed up (a socket's queue passed its high-water mark), so a writer
  * should let the event loop run until its writes are done; on Node that is what lets the
  * socket send while the writer produces, instead of all at once when it finally awaits.
+ *
+ * On the receiving side ownership passes the other way: a chunk given to `onData` is never
+ * touched by the transport again. Node, Deno and Bun allocate a fresh buffer for every socket
+ * read (checked on all three), so sockets give that for free; the in-memory pair copies.
  */
 
 import { ErrorCode, TandemError } from "../errors.ts";
@@ -19,7 +23,10 @@ export interface Transport {
    * Returns false when the transport is backed up and the writer should wait for `done`.
    */
   write(chunk: Uint8Array, done: (error?: Error) => void): boolean;
-  /** Sets the handler for received bytes. A chunk is lent for the call only: copy what you keep. */
+  /**
+   * Sets the handler for received bytes. A delivered chunk is the handler's to keep: the transport
+   * never writes to it again (a receiver keeps chunks as a transaction's payload, uncopied).
+   */
   onData(handler: (chunk: Uint8Array) => void): void;
   /** Sets the handler called once when the stream ends: no error for an orderly close. */
   onClose(handler: (error?: Error) => void): void;
@@ -119,7 +126,7 @@ class MemoryEnd extends TransportBase {
         done(closedError());
         continue;
       }
-      this.peer.deliver(chunk);
+      this.peer.deliver(chunk.slice()); // the writer may reuse `chunk` after done; the reader keeps this
       done();
     }
   }

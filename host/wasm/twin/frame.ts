@@ -13,8 +13,9 @@ const S_ERROR = 12;
 const S_CMD = 16;
 const S_HEADER = 20;
 const S_STOPPED = 32;
-const EVENT_HEADER = 1;
-const EVENT_PAYLOAD = 2;
+/** Event kinds, as the kernel writes them. */
+export const EVENT_HEADER = 1;
+export const EVENT_PAYLOAD = 2;
 const DECODE_TOO_LARGE = 1;
 
 /** Writes the header at `out` and copies the payload after it unless it is already there. */
@@ -35,69 +36,108 @@ export function frameEncode(heap: Heap, out: number, cmd: number, id: number, se
 export function frameDecode(
   heap: Heap, state: number, input: number, len: number, events: number, maxEvents: number, maxPayload: number, stopMask: number,
 ): number {
-  const u8 = heap.u8;
   const w = heap.u32;
   const s = state >>> 2;
+  const st: ScanState = {
+    fill: w[s + S_FILL / 4],
+    left: w[s + S_LEFT / 4],
+    cmd: w[s + S_CMD / 4],
+    header: heap.u8.slice(state + S_HEADER, state + S_HEADER + HEADER_SIZE),
+  };
+  let n = 0;
+  const result = scanFrames(st, heap.u8, input, len, maxEvents, maxPayload, stopMask, (kind, a, b, c) => {
+    const e = (events >>> 2) + n++ * 4;
+    w[e] = kind;
+    w[e + 1] = a;
+    w[e + 2] = b;
+    w[e + 3] = c;
+  });
+  w[s + S_FILL / 4] = st.fill;
+  w[s + S_LEFT / 4] = st.left;
+  w[s + S_CMD / 4] = st.cmd;
+  heap.u8.set(st.header, state + S_HEADER);
+  w[s + S_CONSUMED / 4] = result.consumed;
+  w[s + S_STOPPED / 4] = result.stopped ? 1 : 0;
+  if (result.tooLarge) w[s + S_ERROR / 4] = DECODE_TOO_LARGE;
+  return n;
+}
+
+/** What the decoder carries between calls: the fields of the kernel's state struct. */
+export interface ScanState {
+  /** Header bytes collected so far (0..11). */
+  fill: number;
+  /** Payload bytes of the current frame still to come. */
+  left: number;
+  /** Command of the current frame. */
+  cmd: number;
+  /** The partial header (12 bytes). */
+  header: Uint8Array;
+}
+
+/** How a {@link scanFrames} call ended. */
+export interface ScanResult {
+  /** Input bytes used. */
+  consumed: number;
+  /** It stopped right after a frame in the stop mask. */
+  stopped: boolean;
+  /** A header announced more than maxPayload; the state must not be used again. */
+  tooLarge: boolean;
+}
+
+/** A fresh decoder state. */
+export function newScanState(): ScanState {
+  return { fill: 0, left: 0, cmd: 0, header: new Uint8Array(HEADER_SIZE) };
+}
+
+/**
+ * The frame decoding algorithm of assembly/frame.ts over any byte array: `len` bytes of `bytes`
+ * from `from`, emitting at most `maxEvents` events as (kind, a, b, c) with the kernel's meaning
+ * (HEADER: cmd | id << 16, seq, payload_len; PAYLOAD: offset from `from`, length, 0). The twin
+ * runs it over its heap; the receiver runs it over the socket's own chunks, with no copy.
+ */
+export function scanFrames(
+  st: ScanState, bytes: Uint8Array, from: number, len: number, maxEvents: number, maxPayload: number, stopMask: number,
+  emit: (kind: number, a: number, b: number, c: number) => void,
+): ScanResult {
   let pos = 0;
   let n = 0;
-  let stopped = 0;
   while (pos < len && n < maxEvents) {
-    const left = w[s + S_LEFT / 4];
-    if (left !== 0) {
-      const take = Math.min(left, len - pos);
-      const e = (events >>> 2) + n * 4;
-      w[e] = EVENT_PAYLOAD;
-      w[e + 1] = pos;
-      w[e + 2] = take;
-      w[e + 3] = 0;
+    if (st.left !== 0) {
+      const take = Math.min(st.left, len - pos);
+      emit(EVENT_PAYLOAD, pos, take, 0);
       n++;
       pos += take;
-      w[s + S_LEFT / 4] = left - take;
-      if (left === take && stops(stopMask, w[s + S_CMD / 4])) {
-        stopped = 1;
-        break;
-      }
+      st.left -= take;
+      if (st.left === 0 && stops(stopMask, st.cmd)) return { consumed: pos, stopped: true, tooLarge: false };
       continue;
     }
-    let header: number;
-    const fill = w[s + S_FILL / 4];
-    if (fill === 0 && len - pos >= HEADER_SIZE) {
-      header = input + pos;
+    let header: Uint8Array;
+    let h: number;
+    if (st.fill === 0 && len - pos >= HEADER_SIZE) {
+      header = bytes; // the common case: the whole header is in this input
+      h = from + pos;
       pos += HEADER_SIZE;
     } else {
-      const take = Math.min(HEADER_SIZE - fill, len - pos);
-      u8.copyWithin(state + S_HEADER + fill, input + pos, input + pos + take);
+      const take = Math.min(HEADER_SIZE - st.fill, len - pos);
+      st.header.set(bytes.subarray(from + pos, from + pos + take), st.fill);
       pos += take;
-      if (fill + take < HEADER_SIZE) {
-        w[s + S_FILL / 4] = fill + take;
-        break;
-      }
-      w[s + S_FILL / 4] = 0;
-      header = state + S_HEADER;
+      st.fill += take;
+      if (st.fill < HEADER_SIZE) break;
+      st.fill = 0;
+      header = st.header;
+      h = 0;
     }
-    const cmd = u8[header] | (u8[header + 1] << 8);
-    const id = u8[header + 2] | (u8[header + 3] << 8);
-    const payloadLen = getU32(u8, header + 8);
-    if (payloadLen > maxPayload) {
-      w[s + S_ERROR / 4] = DECODE_TOO_LARGE;
-      break;
-    }
-    const e = (events >>> 2) + n * 4;
-    w[e] = EVENT_HEADER;
-    w[e + 1] = (cmd | (id << 16)) >>> 0;
-    w[e + 2] = getU32(u8, header + 4);
-    w[e + 3] = payloadLen;
+    const cmd = header[h] | (header[h + 1] << 8);
+    const id = header[h + 2] | (header[h + 3] << 8);
+    const payloadLen = getU32(header, h + 8);
+    if (payloadLen > maxPayload) return { consumed: pos, stopped: false, tooLarge: true };
+    emit(EVENT_HEADER, (cmd | (id << 16)) >>> 0, getU32(header, h + 4), payloadLen);
     n++;
-    w[s + S_CMD / 4] = cmd;
-    w[s + S_LEFT / 4] = payloadLen;
-    if (payloadLen === 0 && stops(stopMask, cmd)) {
-      stopped = 1;
-      break;
-    }
+    st.cmd = cmd;
+    st.left = payloadLen;
+    if (payloadLen === 0 && stops(stopMask, cmd)) return { consumed: pos, stopped: true, tooLarge: false };
   }
-  w[s + S_CONSUMED / 4] = pos;
-  w[s + S_STOPPED / 4] = stopped;
-  return n;
+  return { consumed: pos, stopped: false, tooLarge: false };
 }
 
 function stops(mask: number, cmd: number): boolean {
