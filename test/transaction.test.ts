@@ -302,6 +302,14 @@ test("timeouts: no opening ACK, and silence inside a transaction", async () => {
   assert.is(idle.seen.length, 0);
 });
 
+test("transaction ids wrap from 65535 to 0 on both sides", async () => {
+  const s = await session();
+  const one = new Uint8Array(1);
+  for (let i = 0; i < 65536 + 2; i++) await s.sender.atomic(one);
+  assert.equal(s.seen.slice(-3).map((t) => t.id), [65535, 0, 1]);
+  assert.equal([s.sender.nextId, s.receiver.expectedId], [2, 2]);
+});
+
 test("misuse is E_INVALID_STATE: commit without begin, overlapping calls", async () => {
   const s = await session();
   assert.is(await rejectionCode(s.sender.commit()), ErrorCode.InvalidState);

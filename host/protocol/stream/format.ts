@@ -72,7 +72,7 @@ export type StreamRecord =
   | { type: "disk-writes"; disk: number; writes: { offset: number; data: Uint8Array }[] }
   | { type: "checkpoint-end"; checkpoint: number; generation: number };
 
-/** `n` rounded up to a multiple of `align` (a power of two). */
+/** `n` rounded up to a multiple of `align`. Arithmetic, not bit masks: lengths reach 2^32. */
 export function padTo(n: number, align: number): number {
-  return (n + align - 1) & ~(align - 1);
+  return Math.ceil(n / align) * align;
 }
