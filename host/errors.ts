@@ -53,6 +53,16 @@ export const ErrorCode = {
   StreamRecord: "E_STREAM_RECORD",
   /** A record or header that is truncated, inconsistent or out of range. */
   StreamFormat: "E_STREAM_FORMAT",
+
+  // Long operations (host/ops/), after libxl's ERROR_FAIL, ERROR_INVAL, ERROR_GUEST_TIMEDOUT.
+  /** The operation failed; the message says why. */
+  Failed: "E_FAILED",
+  /** The guest did not do what was asked of it (pause, resume) in time. */
+  GuestTimeout: "E_GUEST_TIMEOUT",
+  /** The other side of a replication or migration is gone. */
+  PeerLost: "E_PEER_LOST",
+  /** The operation was cancelled through its AbortSignal or handle. */
+  Aborted: "E_ABORTED",
 } as const;
 
 /** One of the values of {@link ErrorCode}. */

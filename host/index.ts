@@ -30,3 +30,4 @@ export { StreamReader } from "./protocol/stream/reader.ts";
 export { RecordType, type StreamHeader, type StreamRecord } from "./protocol/stream/format.ts";
 export { configureTracing, tracerFor, type TraceCategory, type Tracer, type TraceSink } from "./trace.ts";
 export { DELTA_TOO_LARGE, SCAN_SLACK } from "./wasm/kernels.ts";
+export { startOperation, type OpContext, type OpHandle, type OpOptions, type OpProgress } from "./ops/operation.ts";
