@@ -33,3 +33,4 @@ export { DELTA_TOO_LARGE, SCAN_SLACK } from "./wasm/kernels.ts";
 export { startOperation, type OpContext, type OpHandle, type OpOptions, type OpProgress } from "./ops/operation.ts";
 export type { Machine, MachineDisk, MachineOutput } from "./machine/machine.ts";
 export { ReferenceMachine, type ReferenceMachineOptions } from "./machine/reference-machine.ts";
+export { applyCheckpoint, checkLayout, type AppliedCheckpoint } from "./replication/apply-checkpoint.ts";

@@ -1,0 +1,96 @@
+/**
+ * Applies a received checkpoint to a standby machine, all or nothing. The transaction layer
+ * already guarantees that only complete checkpoints arrive; this makes sure a complete but bad
+ * one (a page delta that does not decode, a disk write past the disk, a layout that is not the
+ * machine's) cannot half-apply: everything is checked and staged first, then written.
+ */
+
+import { ErrorCode, TandemError } from "../errors.ts";
+import type { Machine } from "../machine/machine.ts";
+import type { PageDeltaCodec } from "../protocol/page-delta.ts";
+import type { StreamHeader, StreamRecord } from "../protocol/stream/format.ts";
+
+/** What a checkpoint carried besides RAM and disks. */
+export interface AppliedCheckpoint {
+  /** The checkpoint number, from CHECKPOINT_END. */
+  checkpoint: number;
+  /** The primary's generation, from CHECKPOINT_END. */
+  generation: number;
+  /** The device state, if the checkpoint carried one (restore it when the standby takes over). */
+  devices: Uint8Array | undefined;
+}
+
+/** Checks that a stream describes `machine`'s memory: same page size, same regions. */
+export function checkLayout(header: StreamHeader, machine: Machine): void {
+  const regions = machine.memory;
+  if (header.pageSize !== 4096 || header.regions.length !== regions.length ||
+      header.regions.some((r, i) => r.size !== regions[i].size)) {
+    throw new TandemError(ErrorCode.StreamFormat,
+      `the stream describes ${header.regions.length} regions (${header.regions.map((r) => r.size).join(", ")} bytes, pages of ${header.pageSize}); ` +
+      `this machine has ${regions.length} (${regions.map((r) => r.size).join(", ")} bytes, pages of 4096): configure both machines alike`);
+  }
+}
+
+/**
+ * Applies one checkpoint's `records` (ending with CHECKPOINT_END) to a paused `machine`, whose
+ * memory already holds the previous checkpoint. Throws E_STREAM_FORMAT without changing
+ * anything if any record cannot be applied.
+ */
+export function applyCheckpoint(machine: Machine, records: readonly StreamRecord[], codec: PageDeltaCodec): AppliedCheckpoint {
+  const end = records[records.length - 1];
+  if (end?.type !== "checkpoint-end") throw new TandemError(ErrorCode.StreamFormat, "a checkpoint must end with CHECKPOINT_END");
+  const writes: (() => void)[] = [];
+  let devices: Uint8Array | undefined;
+  for (const record of records.slice(0, -1)) {
+    switch (record.type) {
+      case "pages": {
+        const ram = region(machine, record.region).bytes();
+        record.pfns.forEach((pfn, i) => {
+          const data = record.data.subarray(i * 4096, (i + 1) * 4096);
+          writes.push(() => ram.set(data, pfn * 4096));
+        });
+        break;
+      }
+      case "zero-pages": {
+        const ram = region(machine, record.region).bytes();
+        for (const pfn of record.pfns) writes.push(() => ram.fill(0, pfn * 4096, (pfn + 1) * 4096));
+        break;
+      }
+      case "delta-pages": {
+        const ram = region(machine, record.region).bytes();
+        for (const { pfn, delta } of record.pages) {
+          // Decoded now, into a copy: a delta that does not decode fails before anything is written.
+          const page = ram.slice(pfn * 4096, (pfn + 1) * 4096);
+          codec.apply(page, delta);
+          writes.push(() => ram.set(page, pfn * 4096));
+        }
+        break;
+      }
+      case "device-state":
+        devices = record.data.slice();
+        break;
+      case "disk-writes": {
+        const disk = machine.disks[record.disk];
+        if (!disk) throw new TandemError(ErrorCode.StreamFormat, `a write to disk ${record.disk}; the machine has ${machine.disks.length}`);
+        for (const { offset, data } of record.writes) {
+          if (offset + data.length > disk.size) {
+            throw new TandemError(ErrorCode.StreamFormat, `a write of ${data.length} bytes at ${offset} passes the end of disk ${record.disk} (${disk.size} bytes)`);
+          }
+          const copy = data.slice();
+          writes.push(() => disk.write(offset, copy));
+        }
+        break;
+      }
+      case "checkpoint-end":
+        throw new TandemError(ErrorCode.StreamFormat, "CHECKPOINT_END before the end of a checkpoint");
+    }
+  }
+  for (const write of writes) write();
+  return { checkpoint: end.checkpoint, generation: end.generation, devices };
+}
+
+function region(machine: Machine, index: number) {
+  const memory = machine.memory[index];
+  if (!memory) throw new TandemError(ErrorCode.StreamFormat, `region ${index}; the machine has ${machine.memory.length}`);
+  return memory;
+}
