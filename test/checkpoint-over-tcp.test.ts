@@ -44,7 +44,7 @@ test("a guest's checkpoints rebuild it exactly on the far side", async () => {
         device = record.data.slice();
       } else if (record.type === "disk-writes") {
         for (const w of record.writes) disk.set(w.data, w.offset);
-      } else {
+      } else if (record.type === "checkpoint-end") {
         checkpoints = record.checkpoint;
       }
     }

@@ -25,6 +25,7 @@ function sample(): { bytes: Uint8Array; records: StreamRecord[] } {
   w.deltaPages(0, [{ pfn: 5, delta: Uint8Array.of(1, 2, 9) }, { pfn: 6, delta: new Uint8Array(0) }]);
   w.deviceState(2, Uint8Array.of(10, 20, 30, 40, 50));
   w.diskWrites(0, [{ offset: 2 ** 40 + 512, data: new Uint8Array(513).fill(4) }, { offset: 0, data: new Uint8Array(0) }]);
+  w.outputs([{ seq: 41, channel: "serial0", data: Uint8Array.of(104, 105, 10) }, { seq: 42, channel: "net0", data: new Uint8Array(0) }]);
   w.checkpointEnd(17, 3);
   const records: StreamRecord[] = [
     { type: "pages", region: 0, pfns: Uint32Array.of(3, 0, 63), data: concat([page(3), page(0), page(63)]) },
@@ -32,6 +33,7 @@ function sample(): { bytes: Uint8Array; records: StreamRecord[] } {
     { type: "delta-pages", region: 0, pages: [{ pfn: 5, delta: Uint8Array.of(1, 2, 9) }, { pfn: 6, delta: new Uint8Array(0) }] },
     { type: "device-state", device: 2, data: Uint8Array.of(10, 20, 30, 40, 50) },
     { type: "disk-writes", disk: 0, writes: [{ offset: 2 ** 40 + 512, data: new Uint8Array(513).fill(4) }, { offset: 0, data: new Uint8Array(0) }] },
+    { type: "outputs", outputs: [{ seq: 41, channel: "serial0", data: Uint8Array.of(104, 105, 10) }, { seq: 42, channel: "net0", data: new Uint8Array(0) }] },
     { type: "checkpoint-end", checkpoint: 17, generation: 3 },
   ];
   return { bytes: w.take(), records };
@@ -114,6 +116,8 @@ test("inconsistent records are E_STREAM_FORMAT", () => {
     // Found by the long fuzz: a length past 2^31 once wrapped negative when padded, and "fit".
     ["record length past 2^31", make((w) => w.deviceState(0, new Uint8Array(8)), (_b, v) => v.setUint32(rec + 4, 0xe2000000, true))],
     ["checkpoint end of the wrong size", make((w) => w.checkpointEnd(1, 1), (_b, v) => v.setUint32(rec + 4, 8, true))],
+    ["output channel not UTF-8", make((w) => w.outputs([{ seq: 1, channel: "ab", data: new Uint8Array(0) }]), (b) => (b[body + 8 + 16] = 0xff))],
+    ["output past its record", make((w) => w.outputs([{ seq: 1, channel: "ab", data: new Uint8Array(3) }]), (_b, v) => v.setUint32(body + 8 + 12, 99, true))],
   ];
   for (const [name, bytes] of cases) assert.is(errorCode(() => new StreamReader().read(bytes)), ErrorCode.StreamFormat, name);
 });

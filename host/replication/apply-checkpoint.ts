@@ -18,6 +18,8 @@ export interface AppliedCheckpoint {
   generation: number;
   /** The device state, if the checkpoint carried one (restore it when the standby takes over). */
   devices: Uint8Array | undefined;
+  /** The epoch's outputs, in order (copies). */
+  outputs: { seq: number; channel: string; data: Uint8Array }[];
 }
 
 /** Checks that a stream describes `machine`'s memory: same page size, same regions. */
@@ -41,6 +43,7 @@ export function applyCheckpoint(machine: Machine, records: readonly StreamRecord
   if (end?.type !== "checkpoint-end") throw new TandemError(ErrorCode.StreamFormat, "a checkpoint must end with CHECKPOINT_END");
   const writes: (() => void)[] = [];
   let devices: Uint8Array | undefined;
+  const outputs: { seq: number; channel: string; data: Uint8Array }[] = [];
   for (const record of records.slice(0, -1)) {
     switch (record.type) {
       case "pages": {
@@ -81,12 +84,15 @@ export function applyCheckpoint(machine: Machine, records: readonly StreamRecord
         }
         break;
       }
+      case "outputs":
+        for (const o of record.outputs) outputs.push({ seq: o.seq, channel: o.channel, data: o.data.slice() });
+        break;
       case "checkpoint-end":
         throw new TandemError(ErrorCode.StreamFormat, "CHECKPOINT_END before the end of a checkpoint");
     }
   }
   for (const write of writes) write();
-  return { checkpoint: end.checkpoint, generation: end.generation, devices };
+  return { checkpoint: end.checkpoint, generation: end.generation, devices, outputs };
 }
 
 function region(machine: Machine, index: number) {

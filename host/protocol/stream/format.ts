@@ -46,6 +46,11 @@ export const RecordType = {
   DiskWrites: 5,
   /** u64 checkpoint number, u64 generation: the checkpoint is complete. */
   CheckpointEnd: 6,
+  /**
+   * u32 count, u32 zero, then count x { u64 seq, u16 channel name length, u16 zero, u32 len,
+   * name bytes (UTF-8), data bytes, zero pad to 8 }: the epoch's outputs, released on commit.
+   */
+  Outputs: 7,
 } as const;
 /** One of {@link RecordType}. */
 export type RecordType = (typeof RecordType)[keyof typeof RecordType];
@@ -70,7 +75,8 @@ export type StreamRecord =
   | { type: "delta-pages"; region: number; pages: { pfn: number; delta: Uint8Array }[] }
   | { type: "device-state"; device: number; data: Uint8Array }
   | { type: "disk-writes"; disk: number; writes: { offset: number; data: Uint8Array }[] }
-  | { type: "checkpoint-end"; checkpoint: number; generation: number };
+  | { type: "checkpoint-end"; checkpoint: number; generation: number }
+  | { type: "outputs"; outputs: { seq: number; channel: string; data: Uint8Array }[] };
 
 /** `n` rounded up to a multiple of `align`. Arithmetic, not bit masks: lengths reach 2^32. */
 export function padTo(n: number, align: number): number {

@@ -12,6 +12,8 @@ import {
   type StreamHeader, type StreamRecord,
 } from "./format.ts";
 
+const DECODER = new TextDecoder("utf-8", { fatal: true });
+
 /** Parses a stream: its header first, then records, in as many calls as the bytes come in. */
 export class StreamReader {
   #header: StreamHeader | undefined;
@@ -138,6 +140,33 @@ export class StreamReader {
         }
         if (at !== body.length) fail(`${name}: ${body.length - at} bytes after the last of ${count} writes`);
         return { type: "disk-writes", disk, writes };
+      }
+      case RecordType.Outputs: {
+        need(8);
+        const count = view.getUint32(0, true);
+        if (view.getUint32(4, true) !== 0) fail(`${name}: the reserved field is not zero`);
+        const outputs: { seq: number; channel: string; data: Uint8Array }[] = [];
+        let at = 8;
+        for (let i = 0; i < count; i++) {
+          if (body.length - at < 16) fail(`${name} entry ${i} of ${count} runs past the record`);
+          const seq = u64(view, at);
+          const nameLength = view.getUint16(at + 8, true);
+          if (view.getUint16(at + 10, true) !== 0) fail(`${name} entry ${i}: the reserved field is not zero`);
+          const len = view.getUint32(at + 12, true);
+          const end = at + 16 + padTo(nameLength + len, 8);
+          if (end > body.length) fail(`${name} entry ${i}: ${nameLength + len} bytes run past the record`);
+          zeros(body, at + 16 + nameLength + len, end, `${name} entry padding`);
+          let channel: string;
+          try {
+            channel = DECODER.decode(body.subarray(at + 16, at + 16 + nameLength));
+          } catch {
+            fail(`${name} entry ${i}: the channel name is not UTF-8`);
+          }
+          outputs.push({ seq, channel, data: body.subarray(at + 16 + nameLength, at + 16 + nameLength + len) });
+          at = end;
+        }
+        if (at !== body.length) fail(`${name}: ${body.length - at} bytes after the last of ${count} outputs`);
+        return { type: "outputs", outputs };
       }
       default: // RecordType.CheckpointEnd: the type was checked against RECORD_NAMES
         if (body.length !== 16) fail(`a ${name} record must be 16 bytes, not ${body.length}`);

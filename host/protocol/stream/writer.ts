@@ -6,6 +6,8 @@ import {
   REC_LENGTH, REC_TYPE, REGION_SIZE, RecordType, R_FLAGS, R_RESERVED, R_SIZE, VERSION, padTo, type StreamHeader,
 } from "./format.ts";
 
+const ENCODER = new TextEncoder();
+
 /** Builds stream bytes: the header once, then records; `take()` hands over what was written. */
 export class StreamWriter {
   readonly #header: StreamHeader;
@@ -120,6 +122,29 @@ export class StreamWriter {
       this.#bytes.fill(0, at + 16 + data.length, at + 16 + padTo(data.length, 8));
       at += 16 + padTo(data.length, 8);
     }
+  }
+
+  /** The epoch's outputs, each with its sequence number and channel. */
+  outputs(outputs: readonly { seq: number; channel: string; data: Uint8Array }[]): void {
+    const names = outputs.map((o) => ENCODER.encode(o.channel));
+    const size = outputs.reduce((n, o, i) => n + 16 + padTo(names[i].length + o.data.length, 8), 8);
+    let at = this.#record(RecordType.Outputs, size);
+    this.#view.setUint32(at, outputs.length, true);
+    this.#view.setUint32(at + 4, 0, true);
+    at += 8;
+    outputs.forEach((o, i) => {
+      if (!Number.isSafeInteger(o.seq) || o.seq < 0) throw new TandemError(ErrorCode.BadArgument, `output seq ${o.seq}`);
+      if (names[i].length > 0xffff) throw new TandemError(ErrorCode.BadArgument, `a channel name of ${names[i].length} bytes`);
+      const end = at + 16 + names[i].length + o.data.length;
+      this.#u64(at, o.seq);
+      this.#view.setUint16(at + 8, names[i].length, true);
+      this.#view.setUint16(at + 10, 0, true);
+      this.#view.setUint32(at + 12, o.data.length, true);
+      this.#bytes.set(names[i], at + 16);
+      this.#bytes.set(o.data, at + 16 + names[i].length);
+      this.#bytes.fill(0, end, at + 16 + padTo(names[i].length + o.data.length, 8));
+      at += 16 + padTo(names[i].length + o.data.length, 8);
+    });
   }
 
   /** Ends the checkpoint: everything since the previous end is one consistent state. */
