@@ -34,3 +34,5 @@ export { startOperation, type OpContext, type OpHandle, type OpOptions, type OpP
 export type { Machine, MachineDisk, MachineOutput } from "./machine/machine.ts";
 export { ReferenceMachine, type ReferenceMachineOptions } from "./machine/reference-machine.ts";
 export { applyCheckpoint, checkLayout, type AppliedCheckpoint } from "./replication/apply-checkpoint.ts";
+export { replicate, type ReplicateOptions, type ReplicationSummary, type ReleasedOutput, type CheckpointStats } from "./replication/primary.ts";
+export { standby, type StandbyOptions, type StandbyResult } from "./replication/secondary.ts";

@@ -27,6 +27,7 @@ function sample(): { bytes: Uint8Array; records: StreamRecord[] } {
   w.diskWrites(0, [{ offset: 2 ** 40 + 512, data: new Uint8Array(513).fill(4) }, { offset: 0, data: new Uint8Array(0) }]);
   w.outputs([{ seq: 41, channel: "serial0", data: Uint8Array.of(104, 105, 10) }, { seq: 42, channel: "net0", data: new Uint8Array(0) }]);
   w.checkpointEnd(17, 3);
+  w.end();
   const records: StreamRecord[] = [
     { type: "pages", region: 0, pfns: Uint32Array.of(3, 0, 63), data: concat([page(3), page(0), page(63)]) },
     { type: "zero-pages", region: 1, pfns: Uint32Array.of(7, 1) },
@@ -35,6 +36,7 @@ function sample(): { bytes: Uint8Array; records: StreamRecord[] } {
     { type: "disk-writes", disk: 0, writes: [{ offset: 2 ** 40 + 512, data: new Uint8Array(513).fill(4) }, { offset: 0, data: new Uint8Array(0) }] },
     { type: "outputs", outputs: [{ seq: 41, channel: "serial0", data: Uint8Array.of(104, 105, 10) }, { seq: 42, channel: "net0", data: new Uint8Array(0) }] },
     { type: "checkpoint-end", checkpoint: 17, generation: 3 },
+    { type: "end" },
   ];
   return { bytes: w.take(), records };
 }

@@ -15,6 +15,8 @@ export interface FaultOptions {
   maxChunk?: number;
   /** Break the connection as soon as this many bytes went through; the rest is lost. */
   cutAfter?: number;
+  /** Drop everything after this many bytes but keep the connection open (a hung peer). */
+  silentAfter?: number;
   /** Hold each piece back this many ms (order is kept). */
   delayMs?: number;
   /** Hold every write's completion until {@link FaultyTransport.release}. */
@@ -74,6 +76,13 @@ export class FaultyTransport extends TransportBase {
           if (last.length > 0) this.#inner.write(last, () => {});
           this.#break();
           return finish(closedError());
+        }
+        const silent = this.#options.silentAfter;
+        if (silent !== undefined && this.#sent + piece.length > silent) {
+          const last = piece.subarray(0, Math.max(0, silent - this.#sent));
+          this.#sent = Math.max(this.#sent, silent);
+          if (last.length > 0) this.#inner.write(last, () => {});
+          continue; // the rest vanishes; the writer is told it went out
         }
         this.#sent += piece.length;
         await new Promise<void>((resolve) => this.#inner.write(piece, () => resolve()));

@@ -88,7 +88,8 @@ export function applyCheckpoint(machine: Machine, records: readonly StreamRecord
         for (const o of record.outputs) outputs.push({ seq: o.seq, channel: o.channel, data: o.data.slice() });
         break;
       case "checkpoint-end":
-        throw new TandemError(ErrorCode.StreamFormat, "CHECKPOINT_END before the end of a checkpoint");
+      case "end":
+        throw new TandemError(ErrorCode.StreamFormat, `${record.type.toUpperCase()} inside a checkpoint`);
     }
   }
   for (const write of writes) write();

@@ -51,6 +51,8 @@ export const RecordType = {
    * name bytes (UTF-8), data bytes, zero pad to 8 }: the epoch's outputs, released on commit.
    */
   Outputs: 7,
+  /** Empty: the primary stops replicating on purpose; the standby must not take over. */
+  End: 8,
 } as const;
 /** One of {@link RecordType}. */
 export type RecordType = (typeof RecordType)[keyof typeof RecordType];
@@ -76,7 +78,8 @@ export type StreamRecord =
   | { type: "device-state"; device: number; data: Uint8Array }
   | { type: "disk-writes"; disk: number; writes: { offset: number; data: Uint8Array }[] }
   | { type: "checkpoint-end"; checkpoint: number; generation: number }
-  | { type: "outputs"; outputs: { seq: number; channel: string; data: Uint8Array }[] };
+  | { type: "outputs"; outputs: { seq: number; channel: string; data: Uint8Array }[] }
+  | { type: "end" };
 
 /** `n` rounded up to a multiple of `align`. Arithmetic, not bit masks: lengths reach 2^32. */
 export function padTo(n: number, align: number): number {

@@ -168,6 +168,9 @@ export class StreamReader {
         if (at !== body.length) fail(`${name}: ${body.length - at} bytes after the last of ${count} outputs`);
         return { type: "outputs", outputs };
       }
+      case RecordType.End:
+        if (body.length !== 0) fail(`an ${name} record has no body, not ${body.length} bytes`);
+        return { type: "end" };
       default: // RecordType.CheckpointEnd: the type was checked against RECORD_NAMES
         if (body.length !== 16) fail(`a ${name} record must be 16 bytes, not ${body.length}`);
         return { type: "checkpoint-end", checkpoint: u64(view, 0), generation: u64(view, 8) };

@@ -147,6 +147,11 @@ export class StreamWriter {
     });
   }
 
+  /** The end of the stream: the primary stopped on purpose (the standby must not take over). */
+  end(): void {
+    this.#record(RecordType.End, 0);
+  }
+
   /** Ends the checkpoint: everything since the previous end is one consistent state. */
   checkpointEnd(checkpoint: number, generation: number): void {
     const body = this.#record(RecordType.CheckpointEnd, 16);

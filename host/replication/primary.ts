@@ -1,0 +1,203 @@
+/**
+ * The primary side of continuous replication (Remus, Kemari): every interval the machine is
+ * paused, what changed is captured, the machine resumes at once (speculative execution), and the
+ * capture goes to the standby as one transaction. Outputs of each epoch are held until its
+ * checkpoint is acknowledged: the outside world never sees an output the standby could not
+ * reproduce. docs/replication.md states the guarantees.
+ */
+
+import { ErrorCode, TandemError } from "../errors.ts";
+import type { Machine, MachineOutput } from "../machine/machine.ts";
+import { DetectingDirtyLog } from "../memory/detecting-dirty-log.ts";
+import type { DirtyLog } from "../memory/dirty-log.ts";
+import { PAGE_SIZE } from "../memory/guest-memory.ts";
+import { ZeroPageFinder } from "../memory/zero-pages.ts";
+import { startOperation, type OpHandle } from "../ops/operation.ts";
+import { TransactionSender, type SenderOptions } from "../protocol/sender.ts";
+import { StreamWriter } from "../protocol/stream/writer.ts";
+import type { Transport } from "../protocol/transport.ts";
+
+/** An output released to the outside world, with its sequence number (keep each seq once). */
+export interface ReleasedOutput {
+  seq: number;
+  channel: string;
+  data: Uint8Array;
+}
+
+/** What one checkpoint cost. */
+export interface CheckpointStats {
+  checkpoint: number;
+  /** How long the guest was stopped. */
+  pauseMs: number;
+  /** Pages that changed, and how many of those were all zero. */
+  pages: number;
+  zeroPages: number;
+  /** Stream bytes sent. */
+  bytes: number;
+  /** From the pause to the standby's ACK. */
+  commitMs: number;
+  /** The highest output seq committed so far (this checkpoint's outputs are released now). */
+  lastSeq: number;
+}
+
+/** Options of {@link replicate}. */
+export interface ReplicateOptions {
+  /** Milliseconds from one checkpoint's start to the next. Default 25 (Remus's epochs). */
+  intervalMs?: number;
+  /** The generation stamped on every checkpoint; a standby refuses lower ones. Default 1. */
+  generation?: number;
+  /** Where committed outputs go, in seq order. Default: dropped. */
+  release?: (output: ReleasedOutput) => void;
+  /** Called while the guest is paused, after its state was captured (libxl's checkpoint callbacks). */
+  onSuspended?: (checkpoint: number) => void;
+  /** Called when a checkpoint is acknowledged. */
+  onCommitted?: (stats: CheckpointStats) => void;
+  /** Cancels replication: the standby is told to stand down, the machine keeps running. */
+  signal?: AbortSignal;
+  /** Options of the transaction sender. */
+  sender?: SenderOptions;
+}
+
+/** How a replication that ended went. */
+export interface ReplicationSummary {
+  checkpoints: number;
+}
+
+const DISK_CHUNK = 1 << 20;
+
+/**
+ * Replicates `machine` to the standby at the other end of `transport` until cancelled (then the
+ * promise rejects E_ABORTED) or the standby is lost (E_PEER_LOST). Either way the machine is left
+ * running, and outputs held for checkpoints that will never be acknowledged are released: with
+ * no standby to take over, this machine is the only copy.
+ */
+export function replicate(machine: Machine, transport: Transport, options: ReplicateOptions = {}): OpHandle<ReplicationSummary> {
+  const intervalMs = options.intervalMs ?? 25;
+  const generation = options.generation ?? 1;
+  if (!(intervalMs >= 0) || !Number.isSafeInteger(generation) || generation < 0) {
+    throw new TandemError(ErrorCode.BadArgument, `intervalMs ${intervalMs} and generation ${generation}: expected non-negative numbers`);
+  }
+  const release = options.release ?? (() => {});
+  return startOperation("replicate", async (ctx) => {
+    const sender = new TransactionSender(transport, options.sender);
+    const logs: DirtyLog[] = machine.memory.map((region, i) => machine.dirtyLogs[i] ?? new DetectingDirtyLog(region));
+    const zeros = machine.memory.map((region) => new ZeroPageFinder(region));
+    const writer = new StreamWriter({ pageSize: PAGE_SIZE, regions: machine.memory.map((m) => ({ size: m.size })) });
+    let epochOutputs: MachineOutput[] = [];
+    let epochDiskWrites: { disk: number; offset: number; data: Uint8Array }[] = [];
+    let unacknowledged: ReleasedOutput[] = [];
+    let seq = 0;
+    let checkpoint = 0;
+    let totalBytes = 0;
+    let totalPages = 0;
+    machine.onOutput((o) => epochOutputs.push({ channel: o.channel, data: o.data.slice() }));
+    machine.onDiskWrite((disk, offset, data) => epochDiskWrites.push({ disk, offset, data: data.slice() }));
+    // Before the first checkpoint there is nothing to stand down from: cancelling just hangs up.
+    // After it, the loop notices at its next check and tells the standby (END) before hanging up.
+    const stop = () => {
+      if (checkpoint === 0) sender.close();
+    };
+    ctx.signal.addEventListener("abort", stop, { once: true });
+    try {
+      await standbyCall(sender.open());
+      writer.writeHeader();
+      for (const log of logs) log.arm(); // before the first copy: no write is lost
+      for (;;) {
+        ctx.throwIfAborted();
+        const started = performance.now();
+        await machine.pause();
+        checkpoint++;
+        let pages = 0;
+        let zeroPages = 0;
+        logs.forEach((log, region) => {
+          const dirty = log.collect();
+          const zero = new Set(zeros[region].find(dirty));
+          const source = log instanceof DetectingDirtyLog ? log.shadow() : machine.memory[region].bytes();
+          writer.pages(region, dirty.filter((p) => !zero.has(p)), (pfn) => source.subarray(pfn * PAGE_SIZE, (pfn + 1) * PAGE_SIZE));
+          writer.zeroPages(region, [...zero]);
+          pages += dirty.length;
+          zeroPages += zero.size;
+        });
+        writer.deviceState(0, machine.saveDevices());
+        if (checkpoint === 1) {
+          // The first checkpoint carries whole disks; writes made before it are in them.
+          machine.disks.forEach((disk, i) => {
+            const chunks = [];
+            for (let at = 0; at < disk.size; at += DISK_CHUNK) chunks.push({ offset: at, data: disk.read(at, Math.min(DISK_CHUNK, disk.size - at)) });
+            writer.diskWrites(i, chunks);
+          });
+        } else {
+          machine.disks.forEach((_, i) => {
+            const writes = epochDiskWrites.filter((w) => w.disk === i);
+            if (writes.length > 0) writer.diskWrites(i, writes);
+          });
+        }
+        const sealed = epochOutputs.map((o) => ({ seq: ++seq, channel: o.channel, data: o.data }));
+        epochOutputs = [];
+        epochDiskWrites = [];
+        writer.outputs(sealed);
+        writer.checkpointEnd(checkpoint, generation);
+        const bytes = writer.take();
+        options.onSuspended?.(checkpoint);
+        await machine.resume();
+        const pauseMs = performance.now() - started;
+        unacknowledged = sealed;
+        await standbyCall(sendTransaction(sender, bytes));
+        unacknowledged = [];
+        totalBytes += bytes.length;
+        totalPages += pages;
+        const stats = { checkpoint, pauseMs, pages, zeroPages, bytes: bytes.length, commitMs: performance.now() - started, lastSeq: seq };
+        options.onCommitted?.(stats);
+        for (const o of sealed) release(o); // acknowledged: the standby can reproduce them now
+        ctx.report({ phase: "replicating", checkpoints: checkpoint, bytes: totalBytes, pages: totalPages });
+        const wait = started + intervalMs - performance.now();
+        if (wait > 0) await sleep(wait, ctx.signal);
+      }
+    } catch (error) {
+      if (ctx.signal.aborted && sender.error === undefined) {
+        writer.end();
+        await sender.atomic(writer.take()).catch(() => {}); // best effort: it may have gone meanwhile
+      }
+      throw error;
+    } finally {
+      ctx.signal.removeEventListener("abort", stop);
+      sender.close();
+      // Alone now: what was held goes out, and from here on outputs go out as they come.
+      for (const o of [...unacknowledged, ...epochOutputs.map((e) => ({ seq: ++seq, channel: e.channel, data: e.data }))]) release(o);
+      machine.onOutput((o) => release({ seq: ++seq, channel: o.channel, data: o.data }));
+      machine.onDiskWrite(() => {});
+      if (!machine.running) await machine.resume();
+    }
+  }, { signal: options.signal });
+}
+
+async function sendTransaction(sender: TransactionSender, bytes: Uint8Array): Promise<void> {
+  await sender.begin();
+  await sender.write(bytes);
+  await sender.commit();
+}
+
+/** Maps the transaction layer's errors to what they mean here: the standby is gone, or refused. */
+async function standbyCall<T>(call: Promise<T>): Promise<T> {
+  try {
+    return await call;
+  } catch (error) {
+    if (error instanceof TandemError && error.code === ErrorCode.Refused) {
+      throw new TandemError(ErrorCode.Failed, `the standby refused a checkpoint (${error.message}); is it fenced to a newer generation?`);
+    }
+    const why = error instanceof Error ? error.message : String(error);
+    throw new TandemError(ErrorCode.PeerLost, `the standby was lost: ${why}`);
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+  });
+}

@@ -1,0 +1,148 @@
+/**
+ * The standby side of continuous replication: keeps a replica of the primary's machine, paused,
+ * applying each checkpoint only once its transaction commits (and then all of it or nothing),
+ * and takes over when the primary is lost. docs/replication.md states the guarantees.
+ */
+
+import { ErrorCode, TandemError } from "../errors.ts";
+import type { Machine } from "../machine/machine.ts";
+import { startOperation, type OpHandle } from "../ops/operation.ts";
+import { PageDeltaCodec } from "../protocol/page-delta.ts";
+import { TransactionReceiver, type ReceiverOptions } from "../protocol/receiver.ts";
+import { StreamReader } from "../protocol/stream/reader.ts";
+import type { Transport } from "../protocol/transport.ts";
+import { applyCheckpoint, checkLayout, type AppliedCheckpoint } from "./apply-checkpoint.ts";
+import type { ReleasedOutput } from "./primary.ts";
+
+/** Receiver errors that mean the connection broke (the primary died), not that it misbehaved. */
+const TAKEOVER_CODES: ReadonlySet<string> = new Set([
+  ErrorCode.PeerClosed, ErrorCode.RecvHeader, ErrorCode.RecvPayload, ErrorCode.SendHeader, ErrorCode.Timeout,
+]);
+
+/** Options of {@link standby}. */
+export interface StandbyOptions {
+  /** Take over when no checkpoint arrived for this long (ms). Default 1000 (Remus). */
+  heartbeatTimeoutMs?: number;
+  /** Refuse checkpoints of a lower generation than this; it rises with each one applied. Default 0. */
+  minGeneration?: number;
+  /** Where outputs go after a takeover, with sequence numbers continuing the primary's. */
+  release?: (output: ReleasedOutput) => void;
+  /** Resume the machine on takeover. Default true (false leaves it paused, e.g. to inspect it). */
+  resume?: boolean;
+  /** Cancels standing by: the replica stays paused and consistent; nothing takes over. */
+  signal?: AbortSignal;
+  /** Options of the transaction receiver. */
+  receiver?: ReceiverOptions;
+}
+
+/** What happened when the standby stopped standing by. */
+export interface StandbyResult {
+  /** "takeover": the primary was lost and this machine now runs; "stopped": the primary stood it down. */
+  outcome: "takeover" | "stopped";
+  /** Why the primary was judged lost. */
+  reason?: "closed" | "heartbeat";
+  /** The checkpoint the machine holds (0 if none). */
+  checkpoint: number;
+  /** That checkpoint's generation; a takeover should replicate onwards with a higher one. */
+  generation: number;
+  /** Milliseconds from detecting the loss to the machine running (takeover only). */
+  failoverMs?: number;
+}
+
+/**
+ * Stands by with `machine` (configured like the primary's) at the end of `transport`. Resolves
+ * on a takeover (the machine then runs, unless `resume: false`) or when the primary stands it
+ * down; rejects E_PEER_LOST if the primary was lost before a first checkpoint, E_ABORTED if
+ * cancelled.
+ */
+export function standby(machine: Machine, transport: Transport, options: StandbyOptions = {}): OpHandle<StandbyResult> {
+  const heartbeatMs = options.heartbeatTimeoutMs ?? 1000;
+  const release = options.release ?? (() => {});
+  return startOperation("standby", async (ctx) => {
+    await machine.pause(); // the replica never runs while the primary lives
+    const reader = new StreamReader();
+    const codec = new PageDeltaCodec();
+    let last: AppliedCheckpoint | undefined;
+    let devices: Uint8Array | undefined;
+    let generation = options.minGeneration ?? 0;
+    let seq = 0;
+    let stoppedOnPurpose = false;
+    let lost!: (reason: "closed" | "heartbeat") => void;
+    const primaryLost = new Promise<"closed" | "heartbeat">((resolve) => (lost = resolve));
+    // The primary is alive while bytes keep coming (a big checkpoint may take longer than the timeout).
+    let heartbeat: ReturnType<typeof setTimeout> | undefined;
+    let heard = -1;
+    const beat = () => {
+      clearTimeout(heartbeat);
+      heartbeat = setTimeout(() => {
+        if (receiver.stats.bytes !== heard) {
+          heard = receiver.stats.bytes;
+          beat();
+        } else {
+          lost("heartbeat");
+        }
+      }, heartbeatMs);
+    };
+    let broken: TandemError | undefined;
+
+    const receiver = new TransactionReceiver(transport, (txn) => {
+      const records = reader.read(txn.bytes());
+      if (records.length === 1 && records[0].type === "end") {
+        stoppedOnPurpose = true;
+        setTimeout(() => lost("closed"), 0); // after the ACK has gone out
+        return;
+      }
+      checkLayout(reader.header!, machine);
+      const end = records[records.length - 1];
+      if (end?.type === "checkpoint-end" && end.generation < generation) {
+        throw new TandemError(ErrorCode.Failed, `checkpoint of generation ${end.generation}; this standby is fenced at ${generation}`);
+      }
+      const applied = applyCheckpoint(machine, records, codec); // all or nothing
+      last = applied;
+      generation = applied.generation;
+      devices = applied.devices ?? devices;
+      for (const o of applied.outputs) seq = Math.max(seq, o.seq);
+      beat();
+      ctx.report({ phase: "standing by", checkpoints: applied.checkpoint, bytes: receiver.stats.bytes });
+    }, options.receiver);
+    receiver.done.then(() => lost("closed"), (error: TandemError) => {
+      // A connection that broke is a primary that died; a primary that broke the protocol may be alive.
+      if (!TAKEOVER_CODES.has(error.code)) broken = error;
+      lost("closed");
+    });
+    const cancel = () => lost("closed");
+    ctx.signal.addEventListener("abort", cancel, { once: true });
+    receiver.open();
+    beat();
+
+    const reason = await primaryLost;
+    const detected = performance.now();
+    clearTimeout(heartbeat);
+    ctx.signal.removeEventListener("abort", cancel);
+    receiver.close();
+    ctx.throwIfAborted();
+    if (stoppedOnPurpose) {
+      return { outcome: "stopped", checkpoint: last?.checkpoint ?? 0, generation };
+    }
+    if (broken) {
+      throw new TandemError(ErrorCode.Failed, `the primary broke the protocol (${broken.message}); not taking over, the replica holds checkpoint ${last?.checkpoint ?? 0}`);
+    }
+    if (!last || !devices) {
+      throw new TandemError(ErrorCode.PeerLost, "the primary was lost before its first checkpoint arrived: there is nothing to take over");
+    }
+    // Take over: the last committed checkpoint's devices, and its outputs again (the primary may
+    // not have lived to release them; the outside world keeps each seq once).
+    machine.restoreDevices(devices);
+    for (const o of last.outputs) release(o);
+    machine.onOutput((o) => release({ seq: ++seq, channel: o.channel, data: o.data }));
+    machine.onDiskWrite(() => {});
+    if (options.resume ?? true) await machine.resume();
+    return {
+      outcome: "takeover",
+      reason,
+      checkpoint: last.checkpoint,
+      generation: last.generation,
+      failoverMs: performance.now() - detected,
+    };
+  }, { signal: options.signal });
+}
