@@ -10,6 +10,7 @@ function run(...args: string[]): { code: number; out: string; err: string } {
   const out: string[] = [];
   const err: string[] = [];
   const code = runCli(args, { out: (l) => out.push(l), err: (l) => err.push(l) });
+  if (typeof code !== "number") throw new Error(`'${args.join(" ")}' is asynchronous; use runAsync`);
   return { code, out: out.join("\n"), err: err.join("\n") };
 }
 

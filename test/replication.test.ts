@@ -113,11 +113,14 @@ test("the primary dies at random moments: the standby holds a committed checkpoi
 });
 
 test("a primary that goes silent is taken over after the heartbeat timeout", async () => {
-  const s = setup({ silentAfter: 200_000 }, 300);
+  // The primary waits far longer for its ACK than the standby waits for bytes, so the standby's
+  // heartbeat (150 ms) decides, not the primary hanging up.
+  const s = setup({ silentAfter: 200_000 }, 10_000);
   const result = await s.sb.promise;
   assert.is(result.outcome, "takeover");
   assert.is(result.reason, "heartbeat");
   assert.ok(result.failoverMs! < 50, `failover took ${result.failoverMs} ms after detection`);
+  s.wire.close(); // hang the silent primary up
   await rejectionCode(s.rep.promise);
   s.primary.pause();
   assertHolds(s, result.checkpoint, "silent primary");

@@ -1,6 +1,8 @@
 /** The `tandem` command line: parses arguments and dispatches to a command. */
 
 import { VERSION } from "../wasm/embedded.generated.ts";
+import { demoCommand } from "./demo.ts";
+import { primaryCommand, secondaryCommand } from "./replication-commands.ts";
 import { formatSelftest, selftest } from "./selftest.ts";
 
 /** Where a command writes: stdout and stderr lines. */
@@ -13,6 +15,16 @@ export interface Output {
 export const USAGE = `tandem ${VERSION}: fault tolerance and live migration for emulator guests
 
 Usage:
+  tandem demo [options]      the main job: replicate the built-in guest to a standby, kill -9
+                             the primary, watch the standby take over with no gap in its output
+      --interval MS  checkpoint every MS (50)      --memory MIB  guest RAM (32)
+      --duration S   run for S seconds (6)         --kill-after S  kill the primary then (3)
+      --no-kill      stop the primary cleanly       --dirty F  fraction of pages a step writes (0.001)
+      --json         print one JSON summary
+  tandem primary --connect ADDR [--interval MS] [--memory MIB] [--dirty F] [--json]
+  tandem secondary --listen ADDR [--heartbeat MS] [--memory MIB] [--dirty F] [--json]
+                             replicate the built-in guest between two processes
+                             (ADDR: PORT, HOST:PORT or a Unix socket path)
   tandem selftest [--json]   load every kernel flavor, check each on known answers,
                              report which is in use and whether SIMD is
   tandem --version           print the version
@@ -22,7 +34,7 @@ Environment:
   TANDEM_KERNELS=simd|scalar|ts   force a kernel flavor (default: simd where supported)`;
 
 /** Runs the CLI on `args`; returns the exit code (0 ok, 1 failure, 2 usage error). */
-export function runCli(args: readonly string[], io: Output): number {
+export function runCli(args: readonly string[], io: Output): number | Promise<number> {
   const [command, ...rest] = args;
   if (command === undefined) {
     io.err(USAGE);
@@ -43,6 +55,9 @@ export function runCli(args: readonly string[], io: Output): number {
     io.out(rest.includes("--json") ? JSON.stringify(report) : formatSelftest(report));
     return report.ok ? 0 : 1;
   }
+  if (command === "demo") return demoCommand(rest, io);
+  if (command === "primary") return primaryCommand(rest, io);
+  if (command === "secondary") return secondaryCommand(rest, io);
   return usageError(io, `unknown command '${command}'`);
 }
 

@@ -5,11 +5,11 @@ import { TandemError } from "../errors.ts";
 import { runCli } from "./commands.ts";
 
 try {
-  process.exitCode = runCli(process.argv.slice(2), {
+  process.exitCode = await runCli(process.argv.slice(2), {
     out: (line) => console.log(line),
     err: (line) => console.error(line),
   });
 } catch (error) {
   console.error(error instanceof TandemError ? `tandem: ${error.message}` : error);
-  process.exitCode = 1;
+  process.exitCode = error instanceof TandemError && error.code === "E_BAD_ARGUMENT" ? 2 : 1;
 }

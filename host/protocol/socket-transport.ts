@@ -62,7 +62,7 @@ export function connect(address: SocketAddress): Promise<SocketTransport> {
 export interface TransportServer {
   /** Where it listens; for TCP with port 0, the port the system chose. */
   readonly address: SocketAddress;
-  /** Stops listening (open connections stay). */
+  /** Stops listening at once; open connections stay, and the promise settles when they have all ended. */
   close(): Promise<void>;
 }
 

@@ -69,20 +69,18 @@ export function standby(machine: Machine, transport: Transport, options: Standby
     let stoppedOnPurpose = false;
     let lost!: (reason: "closed" | "heartbeat") => void;
     const primaryLost = new Promise<"closed" | "heartbeat">((resolve) => (lost = resolve));
-    // The primary is alive while bytes keep coming (a big checkpoint may take longer than the timeout).
-    let heartbeat: ReturnType<typeof setTimeout> | undefined;
+    // The primary is alive while bytes keep coming (a big checkpoint may take longer than the
+    // timeout). Polled every quarter timeout: loss is declared 1 to 1.25 timeouts after the last byte.
     let heard = -1;
-    const beat = () => {
-      clearTimeout(heartbeat);
-      heartbeat = setTimeout(() => {
-        if (receiver.stats.bytes !== heard) {
-          heard = receiver.stats.bytes;
-          beat();
-        } else {
-          lost("heartbeat");
-        }
-      }, heartbeatMs);
-    };
+    let heardAt = performance.now();
+    const heartbeat = setInterval(() => {
+      if (receiver.stats.bytes !== heard) {
+        heard = receiver.stats.bytes;
+        heardAt = performance.now();
+      } else if (performance.now() - heardAt >= heartbeatMs) {
+        lost("heartbeat");
+      }
+    }, Math.max(1, heartbeatMs / 4));
     let broken: TandemError | undefined;
 
     const receiver = new TransactionReceiver(transport, (txn) => {
@@ -102,7 +100,6 @@ export function standby(machine: Machine, transport: Transport, options: Standby
       generation = applied.generation;
       devices = applied.devices ?? devices;
       for (const o of applied.outputs) seq = Math.max(seq, o.seq);
-      beat();
       ctx.report({ phase: "standing by", checkpoints: applied.checkpoint, bytes: receiver.stats.bytes });
     }, options.receiver);
     receiver.done.then(() => lost("closed"), (error: TandemError) => {
@@ -113,11 +110,10 @@ export function standby(machine: Machine, transport: Transport, options: Standby
     const cancel = () => lost("closed");
     ctx.signal.addEventListener("abort", cancel, { once: true });
     receiver.open();
-    beat();
 
     const reason = await primaryLost;
     const detected = performance.now();
-    clearTimeout(heartbeat);
+    clearInterval(heartbeat);
     ctx.signal.removeEventListener("abort", cancel);
     receiver.close();
     ctx.throwIfAborted();

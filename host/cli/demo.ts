@@ -1,0 +1,198 @@
+/**
+ * `tandem demo`: the main job on the built-in reference machine. The standby runs in this
+ * process; the primary in a second process, replicating every --interval ms; after --kill-after
+ * seconds the primary is killed (SIGKILL) and the standby takes over, its counter continuing. The
+ * outside world (this process) keeps each output seq once, then checks the guest's counter for
+ * gaps and duplicates. Prints a summary, or one JSON object with --json.
+ */
+
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { ErrorCode, TandemError } from "../errors.ts";
+import { listen, type SocketTransport } from "../protocol/socket-transport.ts";
+import type { ReleasedOutput } from "../replication/primary.ts";
+import { standby, type StandbyResult } from "../replication/secondary.ts";
+import { selfCommand } from "../runtime/self-command.ts";
+import type { Output } from "./commands.ts";
+import { machineFrom } from "./replication-commands.ts";
+
+/** The demo's verdict. */
+export interface DemoSummary {
+  checkpoints: number;
+  pause_ms_p50: number;
+  pause_ms_p99: number;
+  /** From the standby noticing the primary's death to its machine running. */
+  failover_ms: number | null;
+  /** From the kill to the standby noticing it. */
+  detection_ms: number | null;
+  /** Counter values missing, and seen twice, in what the outside world received. */
+  output_gaps: number;
+  output_duplicates: number;
+  /** The last counter the primary released, and the first the standby released after taking over. */
+  last_primary_counter: number;
+  first_standby_counter: number | null;
+  /** The guest found every disk sector it re-read as it had written it, across the takeover. */
+  disk_verified: boolean;
+  ok: boolean;
+}
+
+export async function demoCommand(args: readonly string[], io: Output): Promise<number> {
+  const { values } = parseArgs({
+    args: [...args],
+    options: {
+      interval: { type: "string", default: "50" },
+      memory: { type: "string", default: "32" },
+      dirty: { type: "string", default: "0.001" },
+      duration: { type: "string", default: "6" },
+      "kill-after": { type: "string", default: "3" },
+      "no-kill": { type: "boolean", default: false },
+      json: { type: "boolean", default: false },
+    },
+  });
+  const duration = Number(values.duration) * 1000;
+  const killAfter = Number(values["kill-after"]) * 1000;
+  if (!(duration > 0) || !(killAfter > 0) || killAfter >= duration) {
+    throw new TandemError(ErrorCode.BadArgument, `--kill-after ${values["kill-after"]} must be below --duration ${values.duration} (seconds)`);
+  }
+  const tty = process.stderr.isTTY === true && !values.json;
+  const status = (line: string) => {
+    if (tty) process.stderr.write(`\r\x1b[K${line}`);
+  };
+
+  // The outside world: each seq once.
+  const world = new Map<number, string>();
+  let conflicts = 0;
+  let lastPrimaryCounter = 0;
+  let firstStandbyCounter: number | null = null;
+  const take = (o: ReleasedOutput | { seq: number; text: string }, fromStandby: boolean) => {
+    const text = "text" in o ? o.text : new TextDecoder().decode(o.data);
+    if (world.has(o.seq) && world.get(o.seq) !== text) conflicts++;
+    world.set(o.seq, text);
+    const counter = Number(/counter (\d+)/.exec(text)?.[1]);
+    if (fromStandby) firstStandbyCounter ??= counter;
+    else lastPrimaryCounter = Math.max(lastPrimaryCounter, counter);
+    if (!values.json && !tty) io.out(text.replace(/\n$/, ""));
+  };
+
+  // The standby, here.
+  const machine = machineFrom(values);
+  let accept!: (t: SocketTransport) => void;
+  const accepted = new Promise<SocketTransport>((resolve) => (accept = resolve));
+  const server = await listen({ port: 0 }, (t) => accept(t));
+  const port = "port" in server.address ? server.address.port : 0;
+
+  // The primary, in its own process.
+  const script = fileURLToPath(new URL(import.meta.url.endsWith(".ts") ? "./main.ts" : "./main.js", import.meta.url));
+  const [command, ...rest] = selfCommand(script, [
+    "primary", "--connect", `127.0.0.1:${port}`, "--json",
+    "--interval", values.interval, "--memory", values.memory, "--dirty", values.dirty,
+  ]);
+  const child = spawn(command, rest, { stdio: ["ignore", "pipe", "inherit"] });
+  const pauses: number[] = [];
+  let pending = "";
+  child.stdout!.on("data", (chunk: Uint8Array) => {
+    pending += new TextDecoder().decode(chunk);
+    const lines = pending.split("\n");
+    pending = lines.pop()!;
+    for (const line of lines) {
+      if (!line.startsWith("{")) continue;
+      const event = JSON.parse(line) as { type: string; seq: number; text: string; pauseMs: number };
+      if (event.type === "output") take(event, false);
+      else if (event.type === "checkpoint") pauses.push(event.pauseMs);
+    }
+  });
+  const childExit = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+
+  const transport = await accepted;
+  void server.close(); // stop listening; its promise settles only when this connection ends
+  const op = standby(machine, transport, { heartbeatTimeoutMs: 500, release: (o) => take(o, true) });
+  const started = performance.now();
+  const ticker = setInterval(() => {
+    const p50 = percentile(pauses, 0.5);
+    status(`primary pid ${child.pid}: ${pauses.length} checkpoints, pause p50 ${p50.toFixed(2)} ms, counter ${lastPrimaryCounter}${firstStandbyCounter !== null ? `; standby running from counter ${firstStandbyCounter}, now ${machine.counter}` : ""}`);
+  }, 200);
+
+  let killedAt: number | undefined;
+  const killer = setTimeout(() => {
+    if (values["no-kill"]) {
+      child.kill("SIGINT"); // a clean stop: the primary stands the standby down
+    } else {
+      killedAt = performance.now();
+      child.kill("SIGKILL");
+    }
+  }, killAfter);
+  let result: StandbyResult | undefined;
+  let standbyError: Error | undefined;
+  try {
+    result = await op.promise;
+  } catch (error) {
+    standbyError = error as Error;
+  }
+  const detectedAt = performance.now();
+  // Let the standby run on (re-reading sectors written before the takeover) until the end.
+  const left = started + duration - performance.now();
+  if (left > 0) await new Promise((r) => setTimeout(r, left));
+  clearInterval(ticker);
+  clearTimeout(killer);
+  machine.pause();
+  child.kill("SIGKILL");
+  await childExit;
+  status("");
+
+  const counters = [...world.keys()].sort((a, b) => a - b).map((seq) => Number(/counter (\d+)/.exec(world.get(seq)!)?.[1]));
+  let gaps = 0;
+  let duplicates = 0;
+  for (let i = 1; i < counters.length; i++) {
+    if (counters[i] === counters[i - 1]) duplicates++;
+    else if (counters[i] > counters[i - 1] + 1) gaps += counters[i] - counters[i - 1] - 1;
+  }
+  if (counters.length > 0 && counters[0] !== 1) gaps += counters[0] - 1;
+  const tookOver = result?.outcome === "takeover";
+  const summary: DemoSummary = {
+    checkpoints: pauses.length,
+    pause_ms_p50: round(percentile(pauses, 0.5)),
+    pause_ms_p99: round(percentile(pauses, 0.99)),
+    failover_ms: tookOver ? round(result!.failoverMs!) : null,
+    detection_ms: tookOver && killedAt !== undefined ? round(detectedAt - killedAt - result!.failoverMs!) : null,
+    output_gaps: gaps,
+    output_duplicates: duplicates + conflicts,
+    last_primary_counter: lastPrimaryCounter,
+    first_standby_counter: firstStandbyCounter,
+    disk_verified: machine.diskErrors === 0,
+    ok: false,
+  };
+  summary.ok = !standbyError && summary.checkpoints > 0 && gaps === 0 && summary.output_duplicates === 0 && summary.disk_verified &&
+    (values["no-kill"] ? result?.outcome === "stopped" : tookOver && firstStandbyCounter !== null);
+  if (values.json) {
+    io.out(JSON.stringify(summary));
+  } else {
+    if (standbyError) io.err(`standby: ${standbyError.message}`);
+    io.out(formatSummary(summary, values["no-kill"]));
+  }
+  return summary.ok ? 0 : 1;
+}
+
+function formatSummary(s: DemoSummary, noKill: boolean): string {
+  return [
+    "",
+    `checkpoints            ${s.checkpoints} (pause p50 ${s.pause_ms_p50} ms, p99 ${s.pause_ms_p99} ms)`,
+    noKill
+      ? "primary                stopped cleanly; the standby stood down"
+      : `primary killed         after counter ${s.last_primary_counter} was released`,
+    noKill ? "" : `standby took over      detected in ${s.detection_ms} ms, running ${s.failover_ms} ms later, counter continued from ${s.first_standby_counter}`,
+    `released output        ${s.output_gaps} gaps, ${s.output_duplicates} duplicates`,
+    `disk                   ${s.disk_verified ? "every sector the guest re-read was as it wrote it" : "THE GUEST FOUND A LOST OR TORN WRITE"}`,
+    s.ok ? "ok" : "FAILED",
+  ].filter((line) => line !== "").join("\n");
+}
+
+function percentile(values: number[], p: number): number {
+  if (values.length === 0) return 0;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
+}
+
+function round(n: number): number {
+  return Math.round(n * 100) / 100;
+}
