@@ -7,11 +7,13 @@
 import { runtimeName } from "../host/runtime/runtime.ts";
 import { runMemorySuite, type Progress } from "./memory.ts";
 import { runProtocolSuite } from "./protocol.ts";
+import { runReplicationSuite } from "./replication.ts";
 
 type Metrics = Record<string, number>;
 const SUITES: Record<string, (progress: Progress) => Metrics | Promise<Metrics>> = {
   memory: runMemorySuite,
   protocol: runProtocolSuite,
+  replication: runReplicationSuite,
 };
 
 const args = process.argv.slice(2);

@@ -1,0 +1,85 @@
+/**
+ * `npm run bench -- replication`: continuous replication of the reference machine (256 MiB of RAM)
+ * to a standby in another process over TCP loopback.
+ *
+ * For each dirty level (0.1%, 1%, 10% of pages per epoch) the guest takes exactly one step per
+ * checkpoint, writing that share of its pages, and the primary checkpoints back to back
+ * (interval 0): pause_ms is how long the guest stood still per checkpoint, checkpoints_per_s the
+ * rate sustained over the measured checkpoints. failover_ms: after the 1% run the primary's
+ * connection is destroyed (its death, as the standby sees it); the standby reports the time from
+ * noticing that to its machine running.
+ */
+
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { ReferenceMachine } from "../host/machine/reference-machine.ts";
+import { connect } from "../host/protocol/socket-transport.ts";
+import { replicate } from "../host/replication/primary.ts";
+import { selfCommand } from "../host/runtime/self-command.ts";
+import type { Progress } from "./memory.ts";
+
+const MIB = 256;
+const PAGES = (MIB << 20) / 4096;
+const WARMUP = 10;
+const MEASURED = 100;
+
+async function level(fraction: number, progress: Progress): Promise<{ p50: number; p99: number; rate: number; failoverMs?: number }> {
+  const dirty = Math.max(1, Math.round(PAGES * fraction));
+  const [command, ...args] = selfCommand(fileURLToPath(new URL("./replication-peer.ts", import.meta.url)), [String(MIB), String(dirty)]);
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "inherit"] });
+  const lines: string[] = [];
+  let text = "";
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout!.on("data", (chunk: Uint8Array) => {
+      text += new TextDecoder().decode(chunk);
+      const parts = text.split("\n");
+      text = parts.pop()!;
+      for (const line of parts) {
+        const match = /^PORT (\d+)$/.exec(line);
+        if (match) resolve(Number(match[1]));
+        else lines.push(line);
+      }
+    });
+    child.once("exit", (code) => reject(new Error(`the standby exited (${code}) before listening`)));
+  });
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const machine = new ReferenceMachine({ memoryBytes: MIB << 20, dirtyPages: dirty, stepsPerTick: 0 });
+  const transport = await connect({ port });
+  const pauses: number[] = [];
+  let startedAt = 0;
+  let done!: () => void;
+  const finished = new Promise<void>((resolve) => (done = resolve));
+  const op = replicate(machine, transport, {
+    intervalMs: 0,
+    onCommitted: (s) => {
+      if (s.checkpoint === WARMUP) startedAt = performance.now();
+      if (s.checkpoint > WARMUP) pauses.push(s.pauseMs);
+      progress(`replication at ${fraction * 100}% dirty, checkpoint ${s.checkpoint}/${WARMUP + MEASURED}`);
+      if (s.checkpoint === WARMUP + MEASURED) done();
+      machine.step(1); // the next epoch dirties exactly `dirty` pages
+    },
+  });
+  await finished;
+  const rate = MEASURED / ((performance.now() - startedAt) / 1000);
+  transport.close(); // the primary "dies": its connection goes
+  await op.promise.catch(() => {});
+  machine.pause();
+  await exited;
+  const result = JSON.parse(lines.find((l) => l.startsWith("{")) ?? "{}") as { failoverMs?: number; error?: string };
+  if (result.error) throw new Error(`replication bench: the standby failed: ${result.error}`);
+  pauses.sort((a, b) => a - b);
+  return { p50: pauses[Math.floor(pauses.length / 2)], p99: pauses[Math.floor(pauses.length * 0.99)], rate, failoverMs: result.failoverMs };
+}
+
+/** Runs the replication suite; returns its metrics. */
+export async function runReplicationSuite(progress: Progress): Promise<Record<string, number>> {
+  const metrics: Record<string, number> = {};
+  for (const [name, fraction] of [["0_1pct", 0.001], ["1pct", 0.01], ["10pct", 0.1]] as const) {
+    const r = await level(fraction, progress);
+    metrics[`pause_ms_p50_${name}`] = r.p50;
+    metrics[`pause_ms_p99_${name}`] = r.p99;
+    metrics[`checkpoints_per_s_${name}`] = r.rate;
+    if (name === "1pct" && r.failoverMs !== undefined) metrics.failover_ms = r.failoverMs;
+  }
+  return metrics;
+}
