@@ -89,6 +89,7 @@ export function applyCheckpoint(machine: Machine, records: readonly StreamRecord
         break;
       case "checkpoint-end":
       case "end":
+      case "handover":
         throw new TandemError(ErrorCode.StreamFormat, `${record.type.toUpperCase()} inside a checkpoint`);
     }
   }

@@ -8,14 +8,12 @@
 
 import { ErrorCode, TandemError } from "../errors.ts";
 import type { Machine, MachineOutput } from "../machine/machine.ts";
-import { DetectingDirtyLog } from "../memory/detecting-dirty-log.ts";
-import type { DirtyLog } from "../memory/dirty-log.ts";
 import { PAGE_SIZE } from "../memory/guest-memory.ts";
-import { ZeroPageFinder } from "../memory/zero-pages.ts";
 import { startOperation, type OpHandle } from "../ops/operation.ts";
 import { TransactionSender, type SenderOptions } from "../protocol/sender.ts";
 import { StreamWriter } from "../protocol/stream/writer.ts";
 import type { Transport } from "../protocol/transport.ts";
+import { MemoryCapture, captureDiskWrites, captureWholeDisks, type DiskWrite } from "./capture.ts";
 
 /** An output released to the outside world, with its sequence number (keep each seq once). */
 export interface ReleasedOutput {
@@ -63,8 +61,6 @@ export interface ReplicationSummary {
   checkpoints: number;
 }
 
-const DISK_CHUNK = 1 << 20;
-
 /**
  * Replicates `machine` to the standby at the other end of `transport` until cancelled (then the
  * promise rejects E_ABORTED) or the standby is lost (E_PEER_LOST). Either way the machine is left
@@ -80,11 +76,10 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
   const release = options.release ?? (() => {});
   return startOperation("replicate", async (ctx) => {
     const sender = new TransactionSender(transport, options.sender);
-    const logs: DirtyLog[] = machine.memory.map((region, i) => machine.dirtyLogs[i] ?? new DetectingDirtyLog(region));
-    const zeros = machine.memory.map((region) => new ZeroPageFinder(region));
+    const memory = new MemoryCapture(machine);
     const writer = new StreamWriter({ pageSize: PAGE_SIZE, regions: machine.memory.map((m) => ({ size: m.size })) });
     let epochOutputs: MachineOutput[] = [];
-    let epochDiskWrites: { disk: number; offset: number; data: Uint8Array }[] = [];
+    let epochDiskWrites: DiskWrite[] = [];
     let unacknowledged: ReleasedOutput[] = [];
     let seq = 0;
     let checkpoint = 0;
@@ -101,37 +96,17 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
     try {
       await standbyCall(sender.open());
       writer.writeHeader();
-      for (const log of logs) log.arm(); // before the first copy: no write is lost
+      memory.arm(); // before the first copy: no write is lost
       for (;;) {
         ctx.throwIfAborted();
         const started = performance.now();
         await machine.pause();
         checkpoint++;
-        let pages = 0;
-        let zeroPages = 0;
-        logs.forEach((log, region) => {
-          const dirty = log.collect();
-          const zero = new Set(zeros[region].find(dirty));
-          const source = log instanceof DetectingDirtyLog ? log.shadow() : machine.memory[region].bytes();
-          writer.pages(region, dirty.filter((p) => !zero.has(p)), (pfn) => source.subarray(pfn * PAGE_SIZE, (pfn + 1) * PAGE_SIZE));
-          writer.zeroPages(region, [...zero]);
-          pages += dirty.length;
-          zeroPages += zero.size;
-        });
+        const { pages, zeroPages } = memory.capture(writer);
         writer.deviceState(0, machine.saveDevices());
-        if (checkpoint === 1) {
-          // The first checkpoint carries whole disks; writes made before it are in them.
-          machine.disks.forEach((disk, i) => {
-            const chunks = [];
-            for (let at = 0; at < disk.size; at += DISK_CHUNK) chunks.push({ offset: at, data: disk.read(at, Math.min(DISK_CHUNK, disk.size - at)) });
-            writer.diskWrites(i, chunks);
-          });
-        } else {
-          machine.disks.forEach((_, i) => {
-            const writes = epochDiskWrites.filter((w) => w.disk === i);
-            if (writes.length > 0) writer.diskWrites(i, writes);
-          });
-        }
+        // The first checkpoint carries whole disks; writes made before it are in them.
+        if (checkpoint === 1) captureWholeDisks(machine, writer);
+        else captureDiskWrites(machine, epochDiskWrites, writer);
         const sealed = epochOutputs.map((o) => ({ seq: ++seq, channel: o.channel, data: o.data }));
         epochOutputs = [];
         epochDiskWrites = [];

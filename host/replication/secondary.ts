@@ -39,8 +39,8 @@ export interface StandbyOptions {
 export interface StandbyResult {
   /** "takeover": the primary was lost and this machine now runs; "stopped": the primary stood it down. */
   outcome: "takeover" | "stopped";
-  /** Why the primary was judged lost. */
-  reason?: "closed" | "heartbeat";
+  /** Why it took over: the primary was lost ("closed", "heartbeat"), or a migration handed over. */
+  reason?: "closed" | "heartbeat" | "handover";
   /** The checkpoint the machine holds (0 if none). */
   checkpoint: number;
   /** That checkpoint's generation; a takeover should replicate onwards with a higher one. */
@@ -67,8 +67,9 @@ export function standby(machine: Machine, transport: Transport, options: Standby
     let generation = options.minGeneration ?? 0;
     let seq = 0;
     let stoppedOnPurpose = false;
-    let lost!: (reason: "closed" | "heartbeat") => void;
-    const primaryLost = new Promise<"closed" | "heartbeat">((resolve) => (lost = resolve));
+    let lost!: (reason: "closed" | "heartbeat" | "handover") => void;
+    const primaryLost = new Promise<"closed" | "heartbeat" | "handover">((resolve) => (lost = resolve));
+    let handover: { accept(): void; refuse(error: Error): void } | undefined;
     // The primary is alive while bytes keep coming (a big checkpoint may take longer than the
     // timeout). Polled every quarter timeout: loss is declared 1 to 1.25 timeouts after the last byte.
     let heard = -1;
@@ -89,6 +90,13 @@ export function standby(machine: Machine, transport: Transport, options: Standby
         stoppedOnPurpose = true;
         setTimeout(() => lost("closed"), 0); // after the ACK has gone out
         return;
+      }
+      if (records.length === 1 && records[0].type === "handover") {
+        // Take over now, and ACK only once running: the source measures its downtime by this ACK.
+        return new Promise<void>((accept, refuse) => {
+          handover = { accept, refuse };
+          lost("handover");
+        });
       }
       checkLayout(reader.header!, machine);
       const end = records[records.length - 1];
@@ -115,7 +123,12 @@ export function standby(machine: Machine, transport: Transport, options: Standby
     const detected = performance.now();
     clearInterval(heartbeat);
     ctx.signal.removeEventListener("abort", cancel);
-    receiver.close();
+    const hangUp = () => setTimeout(() => receiver.close(), 0); // after the handover's answer
+    if (!handover) receiver.close();
+    if (ctx.signal.aborted || (handover && (!last || !devices))) {
+      handover?.refuse(new Error("no complete checkpoint to take over from"));
+      hangUp();
+    }
     ctx.throwIfAborted();
     if (stoppedOnPurpose) {
       return { outcome: "stopped", checkpoint: last?.checkpoint ?? 0, generation };
@@ -133,6 +146,10 @@ export function standby(machine: Machine, transport: Transport, options: Standby
     machine.onOutput((o) => release({ seq: ++seq, channel: o.channel, data: o.data }));
     machine.onDiskWrite(() => {});
     if (options.resume ?? true) await machine.resume();
+    if (handover) {
+      handover.accept(); // the handover's ACK goes out: the source may now be destroyed
+      hangUp();
+    }
     return {
       outcome: "takeover",
       reason,

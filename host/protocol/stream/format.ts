@@ -53,6 +53,8 @@ export const RecordType = {
   Outputs: 7,
   /** Empty: the primary stops replicating on purpose; the standby must not take over. */
   End: 8,
+  /** Empty: a migration's source has stopped for good; the destination takes over now. */
+  Handover: 9,
 } as const;
 /** One of {@link RecordType}. */
 export type RecordType = (typeof RecordType)[keyof typeof RecordType];
@@ -79,7 +81,8 @@ export type StreamRecord =
   | { type: "disk-writes"; disk: number; writes: { offset: number; data: Uint8Array }[] }
   | { type: "checkpoint-end"; checkpoint: number; generation: number }
   | { type: "outputs"; outputs: { seq: number; channel: string; data: Uint8Array }[] }
-  | { type: "end" };
+  | { type: "end" }
+  | { type: "handover" };
 
 /** `n` rounded up to a multiple of `align`. Arithmetic, not bit masks: lengths reach 2^32. */
 export function padTo(n: number, align: number): number {

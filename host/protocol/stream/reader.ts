@@ -169,8 +169,9 @@ export class StreamReader {
         return { type: "outputs", outputs };
       }
       case RecordType.End:
+      case RecordType.Handover:
         if (body.length !== 0) fail(`an ${name} record has no body, not ${body.length} bytes`);
-        return { type: "end" };
+        return { type: type === RecordType.End ? "end" : "handover" };
       default: // RecordType.CheckpointEnd: the type was checked against RECORD_NAMES
         if (body.length !== 16) fail(`a ${name} record must be 16 bytes, not ${body.length}`);
         return { type: "checkpoint-end", checkpoint: u64(view, 0), generation: u64(view, 8) };

@@ -152,6 +152,11 @@ export class StreamWriter {
     this.#record(RecordType.End, 0);
   }
 
+  /** A migration's handover: the source has stopped for good; the destination runs from here. */
+  handover(): void {
+    this.#record(RecordType.Handover, 0);
+  }
+
   /** Ends the checkpoint: everything since the previous end is one consistent state. */
   checkpointEnd(checkpoint: number, generation: number): void {
     const body = this.#record(RecordType.CheckpointEnd, 16);
