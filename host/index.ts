@@ -36,3 +36,4 @@ export { ReferenceMachine, type ReferenceMachineOptions } from "./machine/refere
 export { applyCheckpoint, checkLayout, type AppliedCheckpoint } from "./replication/apply-checkpoint.ts";
 export { replicate, type ReplicateOptions, type ReplicationSummary, type ReleasedOutput, type CheckpointStats } from "./replication/primary.ts";
 export { standby, type StandbyOptions, type StandbyResult } from "./replication/secondary.ts";
+export { migrate, type MigrateOptions, type MigrationResult } from "./replication/migrate.ts";
