@@ -7,13 +7,16 @@
  * (interval 0): pause_ms is how long the guest stood still per checkpoint, checkpoints_per_s the
  * rate sustained over the measured checkpoints. failover_ms: after the 1% run the primary's
  * connection is destroyed (its death, as the standby sees it); the standby reports the time from
- * noticing that to its machine running.
+ * noticing that to its machine running. migration: an idle 256 MiB guest migrated to a
+ * destination in another process; total time, and downtime from the stop to the destination
+ * running.
  */
 
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { ReferenceMachine } from "../host/machine/reference-machine.ts";
 import { connect } from "../host/protocol/socket-transport.ts";
+import { migrate } from "../host/replication/migrate.ts";
 import { replicate } from "../host/replication/primary.ts";
 import { selfCommand } from "../host/runtime/self-command.ts";
 import type { Progress } from "./memory.ts";
@@ -23,8 +26,8 @@ const PAGES = (MIB << 20) / 4096;
 const WARMUP = 10;
 const MEASURED = 100;
 
-async function level(fraction: number, progress: Progress): Promise<{ p50: number; p99: number; rate: number; failoverMs?: number }> {
-  const dirty = Math.max(1, Math.round(PAGES * fraction));
+/** A standby in its own process; its port, its result lines, and its exit. */
+async function peer(dirty: number) {
   const [command, ...args] = selfCommand(fileURLToPath(new URL("./replication-peer.ts", import.meta.url)), [String(MIB), String(dirty)]);
   const child = spawn(command, args, { stdio: ["ignore", "pipe", "inherit"] });
   const lines: string[] = [];
@@ -43,6 +46,18 @@ async function level(fraction: number, progress: Progress): Promise<{ p50: numbe
     child.once("exit", (code) => reject(new Error(`the standby exited (${code}) before listening`)));
   });
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const result = async () => {
+    await exited;
+    const r = JSON.parse(lines.find((l) => l.startsWith("{")) ?? "{}") as { failoverMs?: number; reason?: string; error?: string };
+    if (r.error) throw new Error(`replication bench: the standby failed: ${r.error}`);
+    return r;
+  };
+  return { port, result };
+}
+
+async function level(fraction: number, progress: Progress): Promise<{ p50: number; p99: number; rate: number; failoverMs?: number }> {
+  const dirty = Math.max(1, Math.round(PAGES * fraction));
+  const { port, result } = await peer(dirty);
   const machine = new ReferenceMachine({ memoryBytes: MIB << 20, dirtyPages: dirty, stepsPerTick: 0 });
   const transport = await connect({ port });
   const pauses: number[] = [];
@@ -64,11 +79,21 @@ async function level(fraction: number, progress: Progress): Promise<{ p50: numbe
   transport.close(); // the primary "dies": its connection goes
   await op.promise.catch(() => {});
   machine.pause();
-  await exited;
-  const result = JSON.parse(lines.find((l) => l.startsWith("{")) ?? "{}") as { failoverMs?: number; error?: string };
-  if (result.error) throw new Error(`replication bench: the standby failed: ${result.error}`);
+  const standbyResult = await result();
   pauses.sort((a, b) => a - b);
-  return { p50: pauses[Math.floor(pauses.length / 2)], p99: pauses[Math.floor(pauses.length * 0.99)], rate, failoverMs: result.failoverMs };
+  return { p50: pauses[Math.floor(pauses.length / 2)], p99: pauses[Math.floor(pauses.length * 0.99)], rate, failoverMs: standbyResult.failoverMs };
+}
+
+async function migration(progress: Progress): Promise<{ totalMs: number; downtimeMs: number }> {
+  progress("migrating an idle 256 MiB guest");
+  const { port, result } = await peer(1);
+  const machine = new ReferenceMachine({ memoryBytes: MIB << 20, dirtyPages: 1, stepsPerTick: 0 });
+  machine.step(100); // a few pages and sectors worth copying
+  const transport = await connect({ port });
+  const migrated = await migrate(machine, transport).promise;
+  const taken = await result();
+  if (taken.reason !== "handover") throw new Error(`migration bench: the destination did not take over (${JSON.stringify(taken)})`);
+  return { totalMs: migrated.totalMs, downtimeMs: migrated.downtimeMs };
 }
 
 /** Runs the replication suite; returns its metrics. */
@@ -81,5 +106,8 @@ export async function runReplicationSuite(progress: Progress): Promise<Record<st
     metrics[`checkpoints_per_s_${name}`] = r.rate;
     if (name === "1pct" && r.failoverMs !== undefined) metrics.failover_ms = r.failoverMs;
   }
+  const m = await migration(progress);
+  metrics.migration_downtime_ms = m.downtimeMs;
+  metrics.migration_total_ms = m.totalMs;
   return metrics;
 }
