@@ -37,3 +37,4 @@ export { applyCheckpoint, checkLayout, type AppliedCheckpoint } from "./replicat
 export { replicate, type ReplicateOptions, type ReplicationSummary, type ReleasedOutput, type CheckpointStats } from "./replication/primary.ts";
 export { standby, type StandbyOptions, type StandbyResult } from "./replication/secondary.ts";
 export { migrate, type MigrateOptions, type MigrationResult } from "./replication/migrate.ts";
+export { save, restore, type SaveResult } from "./replication/save-restore.ts";

@@ -72,3 +72,22 @@ export function captureDiskWrites(machine: Machine, writes: readonly DiskWrite[]
     if (mine.length > 0) writer.diskWrites(i, mine);
   });
 }
+
+/**
+ * Writes every page of every region (zero ones as flags), for a saved image. Uses no dirty log,
+ * so it does not disturb a replication that may be using the machine's own.
+ */
+export function captureAllMemory(machine: Machine, writer: StreamWriter): { pages: number; zeroPages: number } {
+  let pages = 0;
+  let zeroPages = 0;
+  machine.memory.forEach((region, index) => {
+    const all = Uint32Array.from({ length: region.pageCount }, (_, i) => i);
+    const zero = new Set(new ZeroPageFinder(region).find(all));
+    const ram = region.bytes();
+    writer.pages(index, all.filter((p) => !zero.has(p)), (pfn) => ram.subarray(pfn * PAGE_SIZE, (pfn + 1) * PAGE_SIZE));
+    writer.zeroPages(index, [...zero]);
+    pages += all.length;
+    zeroPages += zero.size;
+  });
+  return { pages, zeroPages };
+}

@@ -1,0 +1,76 @@
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ErrorCode } from "../host/errors.ts";
+import { ReferenceMachine } from "../host/machine/reference-machine.ts";
+import { restore, save } from "../host/replication/save-restore.ts";
+import { bytesEqual } from "./support/flavors.ts";
+import { rejectionCode } from "./support/session.ts";
+
+const test = suite("save and restore");
+const OPTIONS = { memoryBytes: 2 << 20, dirtyPages: 5, diskBytes: 32 * 1024, diskEvery: 2, seed: 11 };
+const dir = mkdtempSync(join(tmpdir(), "tandem-save-"));
+
+test("a saved machine restores into an identical one that continues exactly", async () => {
+  const source = new ReferenceMachine(OPTIONS);
+  source.step(40);
+  const file = join(dir, "image");
+  const saved = await save(source, file).promise;
+  assert.ok(saved.zeroPages > 0 && saved.bytes < 2 << 20, "zero pages are flags, not 4 KiB each");
+  const copy = new ReferenceMachine(OPTIONS);
+  await restore(copy, file, { resume: false }).promise;
+  assert.ok(bytesEqual(copy.memory[0].bytes(), source.memory[0].bytes()));
+  assert.ok(bytesEqual(copy.disks[0].read(0, 32 * 1024), source.disks[0].read(0, 32 * 1024)));
+  const out: string[] = [];
+  copy.onOutput((o) => out.push(new TextDecoder().decode(o.data)));
+  copy.step(2);
+  assert.equal(out, ["counter 41\n", "counter 42\n"]);
+  assert.is(copy.diskErrors, 0);
+});
+
+test("a cut, corrupted or foreign image is refused and the machine is left as it was", async () => {
+  const source = new ReferenceMachine(OPTIONS);
+  source.step(10);
+  const file = join(dir, "good");
+  await save(source, file).promise;
+  const good = readFileSync(file);
+  const cases: [string, Uint8Array, string][] = [
+    ["cut short", good.subarray(0, good.length - 8), ErrorCode.StreamFormat],
+    ["cut in a record", good.subarray(0, Math.floor(good.length / 2)), ErrorCode.StreamFormat],
+    ["bad magic", Uint8Array.from(good, (b, i) => (i === 0 ? 0 : b)), ErrorCode.StreamVersion],
+  ];
+  for (const [name, bytes, code] of cases) {
+    const bad = join(dir, name.replace(/ /g, "-"));
+    writeFileSync(bad, bytes);
+    const target = new ReferenceMachine(OPTIONS);
+    target.step(3);
+    const before = target.memory[0].bytes().slice();
+    assert.is(await rejectionCode(restore(target, bad).promise), code, name);
+    assert.ok(bytesEqual(target.memory[0].bytes(), before), `${name}: RAM untouched`);
+  }
+  const bigger = new ReferenceMachine({ ...OPTIONS, memoryBytes: 4 << 20 });
+  assert.is(await rejectionCode(restore(bigger, file).promise), ErrorCode.StreamFormat, "another memory layout");
+  assert.is(await rejectionCode(restore(bigger, join(dir, "missing")).promise), ErrorCode.BadArgument, "no such file");
+});
+
+test("saving over an image replaces it whole; a failed write leaves the old one", async () => {
+  const m = new ReferenceMachine(OPTIONS);
+  m.step(5);
+  const file = join(dir, "replace");
+  await save(m, file).promise;
+  const first = readFileSync(file);
+  m.step(5);
+  mkdirSync(`${file}.tandem-partial`); // the temporary file cannot be written: this save fails
+  assert.is(await rejectionCode(save(m, file).promise), ErrorCode.Failed);
+  assert.equal(readFileSync(file), first, "the old image is intact");
+  rmSync(`${file}.tandem-partial`, { recursive: true });
+  await save(m, file).promise;
+  assert.not.equal(readFileSync(file), first, "replaced");
+  assert.is(await rejectionCode(save(m, join(dir, "no-such-dir", "x")).promise), ErrorCode.Failed);
+});
+
+test.after(() => rmSync(dir, { recursive: true, force: true }));
+
+test.run();
