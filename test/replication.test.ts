@@ -4,7 +4,7 @@ import { ErrorCode } from "../host/errors.ts";
 import { ReferenceMachine, type ReferenceMachineOptions } from "../host/machine/reference-machine.ts";
 import { FaultyTransport, type FaultOptions } from "../host/protocol/faulty-transport.ts";
 import { memoryPair } from "../host/protocol/transport.ts";
-import { replicate, type ReleasedOutput } from "../host/replication/primary.ts";
+import { replicate, type CheckpointStats, type ReleasedOutput, type ReplicateOptions } from "../host/replication/primary.ts";
 import { standby } from "../host/replication/secondary.ts";
 import { seededRandom } from "../host/prng.ts";
 import { bytesEqual } from "./support/flavors.ts";
@@ -37,7 +37,7 @@ interface Snapshot {
 }
 
 /** A primary and a standby over an in-memory connection with `faults` on the primary's side. */
-function setup(faults: FaultOptions, senderTimeoutMs = 2000) {
+function setup(faults: FaultOptions, senderTimeoutMs = 2000, extra: Partial<ReplicateOptions> = {}) {
   const [a, b] = memoryPair();
   const wire = new FaultyTransport(a, faults);
   const primary = new ReferenceMachine(MACHINE);
@@ -45,6 +45,7 @@ function setup(faults: FaultOptions, senderTimeoutMs = 2000) {
   const world = new World();
   const snapshots = new Map<number, Snapshot>();
   const committed: number[] = [];
+  const stats: CheckpointStats[] = [];
   const early: number[] = []; // seqs the primary released past its last acknowledged checkpoint
   let committedSeq = 0;
   const controller = new AbortController();
@@ -62,13 +63,15 @@ function setup(faults: FaultOptions, senderTimeoutMs = 2000) {
     },
     onCommitted: (s) => {
       committed.push(s.checkpoint);
+      stats.push(s);
       committedSeq = s.lastSeq;
     },
     signal: controller.signal,
     sender: { responseTimeoutMs: senderTimeoutMs },
+    ...extra,
   });
   const sb = standby(secondary, b, { heartbeatTimeoutMs: 150, release: (o) => world.take(o), resume: false });
-  return { primary, secondary, world, snapshots, committed, early, rep, sb, controller, wire };
+  return { primary, secondary, world, snapshots, committed, stats, early, rep, sb, controller, wire };
 }
 
 function assertHolds(s: ReturnType<typeof setup>, checkpoint: number, label: string): void {
@@ -109,6 +112,58 @@ test("the primary dies at random moments: the standby holds a committed checkpoi
     assert.is(s.world.conflicts, 0, `trial ${trial}: no seq came twice with different bytes`);
     assert.ok(s.world.exact(), `trial ${trial}: outputs 1..${s.world.seen.size} exactly once, in order, no gap`);
     assert.is(s.secondary.diskErrors, 0, `trial ${trial}: the guest never saw a lost disk write`);
+  }
+});
+
+test("compression: checkpoints carry page deltas, and a killed primary's standby still holds one exactly", async () => {
+  const s = setup({ cutAfter: 120_000, maxChunk: 8192 }, 2000, { compression: true });
+  const result = await s.sb.promise;
+  await rejectionCode(s.rep.promise);
+  s.primary.pause();
+  assert.ok(s.stats.some((c) => c.deltaPages > 0), "some pages went as deltas");
+  const later = s.stats.filter((c) => c.checkpoint > 1);
+  assert.ok(later.every((c) => c.bytes < 16 * 4096 + 4096), "a few changed words per page make small checkpoints");
+  assert.is(result.outcome, "takeover");
+  assertHolds(s, result.checkpoint, "compressed");
+  s.secondary.resume();
+  const before = s.secondary.counter;
+  await until(() => s.secondary.counter >= before + 10);
+  s.secondary.pause();
+  assert.ok(s.world.exact());
+});
+
+test("held output is bounded: past the limit the guest waits for acknowledgements", async () => {
+  const limit = 120;
+  const s = setup({ delayMs: 3 }, 2000, { maxHeldOutputBytes: limit });
+  await until(() => s.committed.length >= 15);
+  s.controller.abort();
+  await rejectionCode(s.rep.promise);
+  await s.sb.promise;
+  s.primary.pause();
+  const peak = Math.max(...s.stats.map((c) => c.heldOutputBytes));
+  assert.ok(peak <= limit + 20, `held ${peak} bytes, limit ${limit} (one output may cross it)`);
+  assert.ok(s.world.exact());
+});
+
+test("cancelling at random moments: the primary runs on, the standby stands down consistent", async () => {
+  const random = seededRandom(131);
+  for (let trial = 0; trial < 8; trial++) {
+    const s = setup({});
+    await new Promise((r) => setTimeout(r, Math.floor(random() * 60)));
+    s.controller.abort();
+    assert.is(await rejectionCode(s.rep.promise), ErrorCode.Aborted, `trial ${trial}`);
+    const outcome = await s.sb.promise.then((r) => r, (e: Error) => e);
+    if (outcome instanceof Error) {
+      assert.is((outcome as { code?: string }).code, ErrorCode.PeerLost, `trial ${trial}: cancelled before any checkpoint`);
+      assert.equal(s.committed, []);
+    } else {
+      assert.is(outcome.outcome, "stopped", `trial ${trial}`);
+      assert.not.ok(s.secondary.running, `trial ${trial}: the standby did not take over`);
+      if (outcome.checkpoint > 0) assertHolds(s, outcome.checkpoint, `trial ${trial}`);
+    }
+    const at = s.primary.counter;
+    await until(() => s.primary.counter > at);
+    s.primary.pause();
   }
 });
 

@@ -27,15 +27,18 @@ export interface CheckpointStats {
   checkpoint: number;
   /** How long the guest was stopped. */
   pauseMs: number;
-  /** Pages that changed, and how many of those were all zero. */
+  /** Pages that changed, how many of those were all zero, and how many went as deltas. */
   pages: number;
   zeroPages: number;
+  deltaPages: number;
   /** Stream bytes sent. */
   bytes: number;
   /** From the pause to the standby's ACK. */
   commitMs: number;
   /** The highest output seq committed so far (this checkpoint's outputs are released now). */
   lastSeq: number;
+  /** Output bytes held when the ACK came (this checkpoint's and the running epoch's). */
+  heldOutputBytes: number;
 }
 
 /** Options of {@link replicate}. */
@@ -44,10 +47,22 @@ export interface ReplicateOptions {
   intervalMs?: number;
   /** The generation stamped on every checkpoint; a standby refuses lower ones. Default 1. */
   generation?: number;
+  /**
+   * Send changed pages as deltas against what the standby holds, when smaller (Remus's checkpoint
+   * compression). Costs a copy of RAM. Default false.
+   */
+  compression?: boolean;
   /** Where committed outputs go, in seq order. Default: dropped. */
   release?: (output: ReleasedOutput) => void;
+  /**
+   * At most this many output bytes are held (waiting for their checkpoint's ACK); past it the
+   * guest is paused until acknowledgements bring it back under. Default: no limit.
+   */
+  maxHeldOutputBytes?: number;
   /** Called while the guest is paused, after its state was captured (libxl's checkpoint callbacks). */
   onSuspended?: (checkpoint: number) => void;
+  /** Called when the guest runs again after a checkpoint's capture. */
+  onResumed?: (checkpoint: number) => void;
   /** Called when a checkpoint is acknowledged. */
   onCommitted?: (stats: CheckpointStats) => void;
   /** Cancels replication: the standby is told to stand down, the machine keeps running. */
@@ -76,7 +91,7 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
   const release = options.release ?? (() => {});
   return startOperation("replicate", async (ctx) => {
     const sender = new TransactionSender(transport, options.sender);
-    const memory = new MemoryCapture(machine);
+    const memory = new MemoryCapture(machine, { compression: options.compression });
     const writer = new StreamWriter({ pageSize: PAGE_SIZE, regions: machine.memory.map((m) => ({ size: m.size })) });
     let epochOutputs: MachineOutput[] = [];
     let epochDiskWrites: DiskWrite[] = [];
@@ -85,7 +100,17 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
     let checkpoint = 0;
     let totalBytes = 0;
     let totalPages = 0;
-    machine.onOutput((o) => epochOutputs.push({ channel: o.channel, data: o.data.slice() }));
+    const maxHeld = options.maxHeldOutputBytes ?? Infinity;
+    let held = 0;
+    let throttled = false;
+    machine.onOutput((o) => {
+      epochOutputs.push({ channel: o.channel, data: o.data.slice() });
+      held += o.data.length;
+      if (held > maxHeld && !throttled && machine.running) {
+        throttled = true; // too much output waiting for ACKs: the guest waits too
+        void machine.pause();
+      }
+    });
     machine.onDiskWrite((disk, offset, data) => epochDiskWrites.push({ disk, offset, data: data.slice() }));
     // Before the first checkpoint there is nothing to stand down from: cancelling just hangs up.
     // After it, the loop notices at its next check and tells the standby (END) before hanging up.
@@ -102,7 +127,7 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
         const started = performance.now();
         await machine.pause();
         checkpoint++;
-        const { pages, zeroPages } = memory.capture(writer);
+        const { pages, zeroPages, deltaPages } = memory.capture(writer);
         writer.deviceState(0, machine.saveDevices());
         // The first checkpoint carries whole disks; writes made before it are in them.
         if (checkpoint === 1) captureWholeDisks(machine, writer);
@@ -114,16 +139,27 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
         writer.checkpointEnd(checkpoint, generation);
         const bytes = writer.take();
         options.onSuspended?.(checkpoint);
-        await machine.resume();
+        if (!throttled) await machine.resume();
+        options.onResumed?.(checkpoint);
         const pauseMs = performance.now() - started;
         unacknowledged = sealed;
         await standbyCall(sendTransaction(sender, bytes));
         unacknowledged = [];
         totalBytes += bytes.length;
         totalPages += pages;
-        const stats = { checkpoint, pauseMs, pages, zeroPages, bytes: bytes.length, commitMs: performance.now() - started, lastSeq: seq };
+        const stats = {
+          checkpoint, pauseMs, pages, zeroPages, deltaPages, bytes: bytes.length, commitMs: performance.now() - started,
+          lastSeq: seq, heldOutputBytes: held,
+        };
         options.onCommitted?.(stats);
-        for (const o of sealed) release(o); // acknowledged: the standby can reproduce them now
+        for (const o of sealed) {
+          release(o); // acknowledged: the standby can reproduce them now
+          held -= o.data.length;
+        }
+        if (throttled && held <= maxHeld) {
+          throttled = false;
+          await machine.resume();
+        }
         ctx.report({ phase: "replicating", checkpoints: checkpoint, bytes: totalBytes, pages: totalPages });
         const wait = started + intervalMs - performance.now();
         if (wait > 0) await sleep(wait, ctx.signal);

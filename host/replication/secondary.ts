@@ -37,7 +37,10 @@ export interface StandbyOptions {
 
 /** What happened when the standby stopped standing by. */
 export interface StandbyResult {
-  /** "takeover": the primary was lost and this machine now runs; "stopped": the primary stood it down. */
+  /**
+   * "takeover": the primary was lost and this machine now runs; "stopped": the primary stood it
+   * down, and the machine, still paused, holds the last checkpoint whole (devices included).
+   */
   outcome: "takeover" | "stopped";
   /** Why it took over: the primary was lost ("closed", "heartbeat"), or a migration handed over. */
   reason?: "closed" | "heartbeat" | "handover";
@@ -131,6 +134,8 @@ export function standby(machine: Machine, transport: Transport, options: Standby
     }
     ctx.throwIfAborted();
     if (stoppedOnPurpose) {
+      // Stood down: the machine stays paused, but holds the last checkpoint whole, devices too.
+      if (devices) machine.restoreDevices(devices);
       return { outcome: "stopped", checkpoint: last?.checkpoint ?? 0, generation };
     }
     if (broken) {
