@@ -2,7 +2,7 @@
 
 import { VERSION } from "../wasm/embedded.generated.ts";
 import { demoCommand } from "./demo.ts";
-import { primaryCommand, secondaryCommand } from "./replication-commands.ts";
+import { migrateCommand, primaryCommand, restoreCommand, saveCommand, secondaryCommand } from "./replication-commands.ts";
 import { formatSelftest, selftest } from "./selftest.ts";
 
 /** Where a command writes: stdout and stderr lines. */
@@ -21,10 +21,17 @@ Usage:
       --duration S   run for S seconds (6)         --kill-after S  kill the primary then (3)
       --no-kill      stop the primary cleanly       --dirty F  fraction of pages a step writes (0.001)
       --json         print one JSON summary
-  tandem primary --connect ADDR [--interval MS] [--memory MIB] [--dirty F] [--json]
+  tandem primary --connect ADDR [--interval MS] [--compress] [--memory MIB] [--dirty F] [--json]
   tandem secondary --listen ADDR [--heartbeat MS] [--memory MIB] [--dirty F] [--json]
                              replicate the built-in guest between two processes
                              (ADDR: PORT, HOST:PORT or a Unix socket path)
+  tandem migrate --connect ADDR [--run S] [--max-downtime MS] [--memory MIB] [--json]
+                             run the built-in guest S seconds (its output then not shown),
+                             then migrate it live to a \`tandem secondary --listen ADDR\`
+  tandem save FILE [--run S] [--memory MIB] [--json]
+  tandem restore FILE [--run S] [--memory MIB] [--json]
+                             save the built-in guest after S seconds; restore it and run on
+                             (both sides need the same --memory and --dirty)
   tandem selftest [--json]   load every kernel flavor, check each on known answers,
                              report which is in use and whether SIMD is
   tandem --version           print the version
@@ -58,6 +65,9 @@ export function runCli(args: readonly string[], io: Output): number | Promise<nu
   if (command === "demo") return demoCommand(rest, io);
   if (command === "primary") return primaryCommand(rest, io);
   if (command === "secondary") return secondaryCommand(rest, io);
+  if (command === "migrate") return migrateCommand(rest, io);
+  if (command === "save") return saveCommand(rest, io);
+  if (command === "restore") return restoreCommand(rest, io);
   return usageError(io, `unknown command '${command}'`);
 }
 

@@ -9,7 +9,9 @@ import { parseArgs } from "node:util";
 import { ErrorCode, TandemError } from "../errors.ts";
 import { ReferenceMachine } from "../machine/reference-machine.ts";
 import { connect, listen, type SocketAddress, type SocketTransport } from "../protocol/socket-transport.ts";
+import { migrate } from "../replication/migrate.ts";
 import { replicate, type ReleasedOutput } from "../replication/primary.ts";
+import { restore, save } from "../replication/save-restore.ts";
 import { standby } from "../replication/secondary.ts";
 import type { Output } from "./commands.ts";
 
@@ -40,6 +42,22 @@ export function machineFrom(values: { memory: string; dirty: string }): Referenc
   return new ReferenceMachine({ memoryBytes: mib << 20, dirtyPages: Math.max(1, Math.round(pages * dirty)), tickMs: 1 });
 }
 
+/** A status line on a terminal's stderr (nothing otherwise), redrawn in place. */
+function statusLine(): (line: string) => void {
+  const tty = process.stderr.isTTY === true;
+  return (line) => {
+    if (tty) process.stderr.write(`\r\x1b[K${line}`);
+  };
+}
+
+/** Seconds of running the guest before acting on it (--run S). */
+function runFor(machine: ReferenceMachine, seconds: string): Promise<void> {
+  const ms = Number(seconds) * 1000;
+  if (!(ms >= 0)) throw new TandemError(ErrorCode.BadArgument, `--run ${seconds}: seconds, 0 or more`);
+  machine.resume();
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
 function printer(io: Output, json: boolean) {
   return (o: ReleasedOutput) => {
     const text = new TextDecoder().decode(o.data);
@@ -49,7 +67,10 @@ function printer(io: Output, json: boolean) {
 
 /** Runs until interrupted (SIGINT/SIGTERM) or the other side is lost. */
 export async function primaryCommand(args: readonly string[], io: Output): Promise<number> {
-  const { values } = parseArgs({ args: [...args], options: { ...MACHINE_OPTIONS, connect: { type: "string" }, interval: { type: "string", default: "25" } } });
+  const { values } = parseArgs({
+    args: [...args],
+    options: { ...MACHINE_OPTIONS, connect: { type: "string" }, interval: { type: "string", default: "25" }, compress: { type: "boolean", default: false } },
+  });
   if (!values.connect) throw new TandemError(ErrorCode.BadArgument, "primary needs --connect PORT|HOST:PORT|PATH (where `tandem secondary --listen` runs)");
   const machine = machineFrom(values);
   const transport = await connect(parseAddress(values.connect));
@@ -57,11 +78,20 @@ export async function primaryCommand(args: readonly string[], io: Output): Promi
   const stop = () => controller.abort("interrupted");
   process.once("SIGINT", stop);
   process.once("SIGTERM", stop);
+  const status = statusLine();
+  const window: { at: number; bytes: number }[] = [];
   const op = replicate(machine, transport, {
     intervalMs: Number(values.interval),
+    compression: values.compress,
     release: printer(io, values.json),
     onCommitted: (s) => {
       if (values.json) io.out(JSON.stringify({ type: "checkpoint", ...s }));
+      const now = performance.now();
+      window.push({ at: now, bytes: s.bytes });
+      while (window.length > 1 && now - window[0].at > 1000) window.shift();
+      const seconds = Math.max((now - window[0].at) / 1000, 0.001);
+      status(`checkpoint ${s.checkpoint}: ${(window.length / seconds).toFixed(0)}/s, pause ${s.pauseMs.toFixed(2)} ms, ${s.pages} dirty pages, ` +
+        `${(window.reduce((n, w) => n + w.bytes, 0) / seconds / 1e6).toFixed(1)} MB/s, ${s.heldOutputBytes} B output held`);
     },
     signal: controller.signal,
   });
@@ -87,7 +117,11 @@ export async function secondaryCommand(args: readonly string[], io: Output): Pro
   if (values.json) io.out(JSON.stringify({ type: "listening", address: server.address }));
   const transport = await accepted;
   void server.close(); // stop listening; its promise settles only when this connection ends
-  const result = await standby(machine, transport, { heartbeatTimeoutMs: Number(values.heartbeat), release: printer(io, values.json) }).promise;
+  const status = statusLine();
+  const op = standby(machine, transport, { heartbeatTimeoutMs: Number(values.heartbeat), release: printer(io, values.json) });
+  op.onProgress((p) => status(`standing by: checkpoint ${p.checkpoints}, ${(p.bytes / 1e6).toFixed(1)} MB received`));
+  const result = await op.promise;
+  status("");
   if (values.json) io.out(JSON.stringify({ type: result.outcome, ...result }));
   if (result.outcome !== "takeover") return 0;
   await new Promise<void>((resolve) => {
@@ -96,4 +130,56 @@ export async function secondaryCommand(args: readonly string[], io: Output): Pro
   });
   machine.pause();
   return 0;
+}
+
+/** Runs the guest for --run seconds, then migrates it to `tandem secondary --listen` at --connect. */
+export async function migrateCommand(args: readonly string[], io: Output): Promise<number> {
+  const { values } = parseArgs({
+    args: [...args],
+    options: { ...MACHINE_OPTIONS, connect: { type: "string" }, run: { type: "string", default: "1" }, "max-downtime": { type: "string", default: "30" } },
+  });
+  if (!values.connect) throw new TandemError(ErrorCode.BadArgument, "migrate needs --connect PORT|HOST:PORT|PATH (where `tandem secondary --listen` runs)");
+  const machine = machineFrom(values);
+  await runFor(machine, values.run);
+  const status = statusLine();
+  const op = migrate(machine, await connect(parseAddress(values.connect)), { maxDowntimeMs: Number(values["max-downtime"]), release: printer(io, values.json) });
+  op.onProgress((p) => status(`${p.phase}: round ${p.iterations}, ${p.pages} pages, ${(p.bytes / 1e6).toFixed(1)} MB`));
+  const result = await op.promise;
+  status("");
+  io.out(values.json ? JSON.stringify({ type: "migrated", ...result })
+    : `migrated in ${result.totalMs.toFixed(0)} ms (${result.iterations} rounds, ${result.converged ? "converged" : "stopped at the limit"}), downtime ${result.downtimeMs.toFixed(1)} ms`);
+  return 0;
+}
+
+/** Runs the guest for --run seconds, then saves it to FILE. */
+export async function saveCommand(args: readonly string[], io: Output): Promise<number> {
+  const { values, positionals } = parseArgs({ args: [...args], allowPositionals: true, options: { ...MACHINE_OPTIONS, run: { type: "string", default: "1" } } });
+  if (positionals.length !== 1) throw new TandemError(ErrorCode.BadArgument, "save needs one FILE");
+  const machine = machineFrom(values);
+  await runFor(machine, values.run);
+  const result = await save(machine, positionals[0], { stop: true }).promise;
+  io.out(values.json ? JSON.stringify({ type: "saved", counter: machine.counter, ...result })
+    : `saved at counter ${machine.counter}: ${result.bytes} bytes (${result.zeroPages} of ${result.pages} pages zero), paused ${result.pauseMs.toFixed(1)} ms`);
+  return 0;
+}
+
+/** Restores the guest from FILE and runs it for --run seconds, printing its output. */
+export async function restoreCommand(args: readonly string[], io: Output): Promise<number> {
+  const { values, positionals } = parseArgs({ args: [...args], allowPositionals: true, options: { ...MACHINE_OPTIONS, run: { type: "string", default: "1" } } });
+  if (positionals.length !== 1) throw new TandemError(ErrorCode.BadArgument, "restore needs one FILE");
+  const machine = machineFrom(values);
+  let first: number | undefined;
+  machine.onOutput((o) => {
+    const text = new TextDecoder().decode(o.data);
+    first ??= Number(/counter (\d+)/.exec(text)?.[1]);
+    if (!values.json) io.out(text.replace(/\n$/, ""));
+  });
+  const restored = machine.counter;
+  await restore(machine, positionals[0], { resume: false }).promise;
+  const at = machine.counter;
+  await runFor(machine, values.run);
+  machine.pause();
+  io.out(values.json ? JSON.stringify({ type: "restored", counter: at, firstOutput: first ?? null, diskErrors: machine.diskErrors })
+    : `restored at counter ${at} (was ${restored}); ran on to ${machine.counter}, ${machine.diskErrors} disk errors`);
+  return machine.diskErrors === 0 ? 0 : 1;
 }
