@@ -13,14 +13,15 @@ async function demo(...args: string[]): Promise<{ code: number; summary: Record<
   return { code, summary: JSON.parse(out[out.length - 1]) as Record<string, unknown> };
 }
 
-test("kill -9: the standby takes over; the released counter has no gap and no duplicate; the disk holds", async () => {
-  const { code, summary } = await demo();
+test("kill -9: the standby takes over holding, byte for byte, a checkpoint the primary recorded; output exact; the disk holds", async () => {
+  const { code, summary } = await demo("--verify-state");
   assert.is(code, 0, JSON.stringify(summary));
   assert.is(summary.ok, true);
   assert.ok((summary.checkpoints as number) > 5, "it replicated");
   assert.is(summary.output_gaps, 0);
   assert.is(summary.output_duplicates, 0);
   assert.is(summary.disk_verified, true);
+  assert.is(summary.state_verified, true, "RAM, disk and devices hash as the primary's checkpoint did");
   assert.ok(typeof summary.failover_ms === "number", "a takeover happened");
   assert.ok((summary.first_standby_counter as number) <= (summary.last_primary_counter as number) + 1,
     "the standby continued from at most the next counter (earlier ones are re-released and kept once)");

@@ -20,6 +20,7 @@ Usage:
       --interval MS  checkpoint every MS (50)      --memory MIB  guest RAM (32)
       --duration S   run for S seconds (6)         --kill-after S  kill the primary then (3)
       --no-kill      stop the primary cleanly       --dirty F  fraction of pages a step writes (0.001)
+      --verify-state compare the standby with the primary's checkpoint, byte for byte (by hash)
       --json         print one JSON summary
   tandem primary --connect ADDR [--interval MS] [--compress] [--memory MIB] [--dirty F] [--json]
   tandem secondary --listen ADDR [--heartbeat MS] [--memory MIB] [--dirty F] [--json]

@@ -10,6 +10,7 @@ import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { ErrorCode, TandemError } from "../errors.ts";
+import { stateDigest } from "../machine/state-digest.ts";
 import { listen, type SocketTransport } from "../protocol/socket-transport.ts";
 import type { ReleasedOutput } from "../replication/primary.ts";
 import { standby, type StandbyResult } from "../replication/secondary.ts";
@@ -34,6 +35,11 @@ export interface DemoSummary {
   first_standby_counter: number | null;
   /** The guest found every disk sector it re-read as it had written it, across the takeover. */
   disk_verified: boolean;
+  /**
+   * With --verify-state: the standby's RAM, disks and devices, at takeover, hash the same as the
+   * checkpoint it holds did on the primary. Null without --verify-state or without a takeover.
+   */
+  state_verified: boolean | null;
   ok: boolean;
 }
 
@@ -47,6 +53,7 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
       duration: { type: "string", default: "6" },
       "kill-after": { type: "string", default: "3" },
       "no-kill": { type: "boolean", default: false },
+      "verify-state": { type: "boolean", default: false },
       json: { type: "boolean", default: false },
     },
   });
@@ -87,9 +94,11 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
   const [command, ...rest] = selfCommand(script, [
     "primary", "--connect", `127.0.0.1:${port}`, "--json",
     "--interval", values.interval, "--memory", values.memory, "--dirty", values.dirty,
+    ...(values["verify-state"] ? ["--digests"] : []),
   ]);
   const child = spawn(command, rest, { stdio: ["ignore", "pipe", "inherit"] });
   const pauses: number[] = [];
+  const digests = new Map<number, string>();
   let pending = "";
   child.stdout!.on("data", (chunk: Uint8Array) => {
     pending += new TextDecoder().decode(chunk);
@@ -97,16 +106,18 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
     pending = lines.pop()!;
     for (const line of lines) {
       if (!line.startsWith("{")) continue;
-      const event = JSON.parse(line) as { type: string; seq: number; text: string; pauseMs: number };
+      const event = JSON.parse(line) as { type: string; seq: number; text: string; pauseMs: number; checkpoint: number; digest: string };
       if (event.type === "output") take(event, false);
       else if (event.type === "checkpoint") pauses.push(event.pauseMs);
+      else if (event.type === "suspended") digests.set(event.checkpoint, event.digest);
     }
   });
   const childExit = new Promise<void>((resolve) => child.once("exit", () => resolve()));
 
   const transport = await accepted;
   void server.close(); // stop listening; its promise settles only when this connection ends
-  const op = standby(machine, transport, { heartbeatTimeoutMs: 500, release: (o) => take(o, true) });
+  const verify = values["verify-state"];
+  const op = standby(machine, transport, { heartbeatTimeoutMs: 500, release: (o) => take(o, true), resume: !verify });
   const started = performance.now();
   const ticker = setInterval(() => {
     const p50 = percentile(pauses, 0.5);
@@ -130,6 +141,11 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
     standbyError = error as Error;
   }
   const detectedAt = performance.now();
+  let stateVerified: boolean | null = null;
+  if (verify && result?.outcome === "takeover") {
+    stateVerified = stateDigest(machine) === digests.get(result.checkpoint);
+    await machine.resume();
+  }
   // Let the standby run on (re-reading sectors written before the takeover) until the end.
   const left = started + duration - performance.now();
   if (left > 0) await new Promise((r) => setTimeout(r, left));
@@ -160,9 +176,11 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
     last_primary_counter: lastPrimaryCounter,
     first_standby_counter: firstStandbyCounter,
     disk_verified: machine.diskErrors === 0,
+    state_verified: stateVerified,
     ok: false,
   };
   summary.ok = !standbyError && summary.checkpoints > 0 && gaps === 0 && summary.output_duplicates === 0 && summary.disk_verified &&
+    stateVerified !== false && (!verify || values["no-kill"] || stateVerified === true) &&
     (values["no-kill"] ? result?.outcome === "stopped" : tookOver && firstStandbyCounter !== null);
   if (values.json) {
     io.out(JSON.stringify(summary));
@@ -183,6 +201,7 @@ function formatSummary(s: DemoSummary, noKill: boolean): string {
     noKill ? "" : `standby took over      detected in ${s.detection_ms} ms, running ${s.failover_ms} ms later, counter continued from ${s.first_standby_counter}`,
     `released output        ${s.output_gaps} gaps, ${s.output_duplicates} duplicates`,
     `disk                   ${s.disk_verified ? "every sector the guest re-read was as it wrote it" : "THE GUEST FOUND A LOST OR TORN WRITE"}`,
+    s.state_verified === null ? "" : `standby state          ${s.state_verified ? "equal, byte for byte, to the checkpoint the primary recorded" : "DIFFERS FROM THE PRIMARY'S CHECKPOINT"}`,
     s.ok ? "ok" : "FAILED",
   ].filter((line) => line !== "").join("\n");
 }

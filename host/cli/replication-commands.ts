@@ -8,6 +8,7 @@
 import { parseArgs } from "node:util";
 import { ErrorCode, TandemError } from "../errors.ts";
 import { ReferenceMachine } from "../machine/reference-machine.ts";
+import { stateDigest } from "../machine/state-digest.ts";
 import { connect, listen, type SocketAddress, type SocketTransport } from "../protocol/socket-transport.ts";
 import { migrate } from "../replication/migrate.ts";
 import { replicate, type ReleasedOutput } from "../replication/primary.ts";
@@ -69,7 +70,10 @@ function printer(io: Output, json: boolean) {
 export async function primaryCommand(args: readonly string[], io: Output): Promise<number> {
   const { values } = parseArgs({
     args: [...args],
-    options: { ...MACHINE_OPTIONS, connect: { type: "string" }, interval: { type: "string", default: "25" }, compress: { type: "boolean", default: false } },
+    options: {
+      ...MACHINE_OPTIONS, connect: { type: "string" }, interval: { type: "string", default: "25" }, compress: { type: "boolean", default: false },
+      digests: { type: "boolean", default: false },
+    },
   });
   if (!values.connect) throw new TandemError(ErrorCode.BadArgument, "primary needs --connect PORT|HOST:PORT|PATH (where `tandem secondary --listen` runs)");
   const machine = machineFrom(values);
@@ -84,6 +88,8 @@ export async function primaryCommand(args: readonly string[], io: Output): Promi
     intervalMs: Number(values.interval),
     compression: values.compress,
     release: printer(io, values.json),
+    // For a supervisor that checks a standby byte for byte: the state at each checkpoint, hashed.
+    onSuspended: values.digests ? (checkpoint) => io.out(JSON.stringify({ type: "suspended", checkpoint, digest: stateDigest(machine) })) : undefined,
     onCommitted: (s) => {
       if (values.json) io.out(JSON.stringify({ type: "checkpoint", ...s }));
       const now = performance.now();

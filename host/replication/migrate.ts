@@ -14,6 +14,7 @@ import { TransactionSender, type SenderOptions } from "../protocol/sender.ts";
 import { StreamWriter } from "../protocol/stream/writer.ts";
 import type { Transport } from "../protocol/transport.ts";
 import { MemoryCapture, captureDiskWrites, captureWholeDisks, type DiskWrite } from "./capture.ts";
+import { peerCall, sendTransaction } from "./peer-calls.ts";
 import type { ReleasedOutput } from "./primary.ts";
 
 /** Options of {@link migrate}. */
@@ -94,14 +95,14 @@ export function migrate(machine: Machine, transport: Transport, options: Migrate
       const data = writer.take();
       if (final) options.onStopped?.();
       const sent = performance.now();
-      await destination(sendTransaction(sender, data));
+      await peerCall("destination", sendTransaction(sender, data));
       bytes += data.length;
       pages += captured.pages;
       ctx.report({ phase: final ? "handing over" : "iterating", iterations, bytes, pages });
       return data.length / Math.max(performance.now() - sent, 0.01); // bytes per ms
     };
     try {
-      await destination(sender.open());
+      await peerCall("destination", sender.open());
       writer.writeHeader();
       memory.arm();
       let converged = false;
@@ -129,7 +130,7 @@ export function migrate(machine: Machine, transport: Transport, options: Migrate
       stopped = true;
       await round(true);
       writer.handover();
-      await destination(sender.atomic(writer.take()));
+      await peerCall("destination", sender.atomic(writer.take()));
       const done = performance.now();
       return { iterations, converged, totalMs: done - started, downtimeMs: done - stopAt, bytes, pages };
     } catch (error) {
@@ -148,19 +149,4 @@ export function migrate(machine: Machine, transport: Transport, options: Migrate
       if (!stopped && !machine.running) await machine.resume();
     }
   }, { signal: options.signal });
-}
-
-async function sendTransaction(sender: TransactionSender, data: Uint8Array): Promise<void> {
-  await sender.begin();
-  await sender.write(data);
-  await sender.commit();
-}
-
-async function destination<T>(call: Promise<T>): Promise<T> {
-  try {
-    return await call;
-  } catch (error) {
-    if (error instanceof TandemError && error.code === ErrorCode.Refused) throw new TandemError(ErrorCode.Failed, `the destination refused: ${error.message}`);
-    throw new TandemError(ErrorCode.PeerLost, `the destination was lost: ${error instanceof Error ? error.message : String(error)}`);
-  }
 }

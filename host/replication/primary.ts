@@ -14,6 +14,12 @@ import { TransactionSender, type SenderOptions } from "../protocol/sender.ts";
 import { StreamWriter } from "../protocol/stream/writer.ts";
 import type { Transport } from "../protocol/transport.ts";
 import { MemoryCapture, captureDiskWrites, captureWholeDisks, type DiskWrite } from "./capture.ts";
+import { peerCall, sendTransaction } from "./peer-calls.ts";
+
+/** The standby's answers, as replication reads them. */
+function standbyCall<T>(call: Promise<T>): Promise<T> {
+  return peerCall("standby", call, "; is it fenced to a newer generation?");
+}
 
 /** An output released to the outside world, with its sequence number (keep each seq once). */
 export interface ReleasedOutput {
@@ -180,25 +186,6 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
       if (!machine.running) await machine.resume();
     }
   }, { signal: options.signal });
-}
-
-async function sendTransaction(sender: TransactionSender, bytes: Uint8Array): Promise<void> {
-  await sender.begin();
-  await sender.write(bytes);
-  await sender.commit();
-}
-
-/** Maps the transaction layer's errors to what they mean here: the standby is gone, or refused. */
-async function standbyCall<T>(call: Promise<T>): Promise<T> {
-  try {
-    return await call;
-  } catch (error) {
-    if (error instanceof TandemError && error.code === ErrorCode.Refused) {
-      throw new TandemError(ErrorCode.Failed, `the standby refused a checkpoint (${error.message}); is it fenced to a newer generation?`);
-    }
-    const why = error instanceof Error ? error.message : String(error);
-    throw new TandemError(ErrorCode.PeerLost, `the standby was lost: ${why}`);
-  }
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
