@@ -34,7 +34,7 @@ export { startOperation, type OpContext, type OpHandle, type OpOptions, type OpP
 export type { Machine, MachineDisk, MachineOutput } from "./machine/machine.ts";
 export { ReferenceMachine, type ReferenceMachineOptions } from "./machine/reference-machine.ts";
 export { applyCheckpoint, checkLayout, type AppliedCheckpoint } from "./replication/apply-checkpoint.ts";
-export { replicate, type ReplicateOptions, type ReplicationSummary, type ReleasedOutput, type CheckpointStats } from "./replication/primary.ts";
+export { replicate, type ReplicateOptions, type ReleasedOutput, type CheckpointStats } from "./replication/primary.ts";
 export { standby, type StandbyOptions, type StandbyResult } from "./replication/secondary.ts";
 export { migrate, type MigrateOptions, type MigrationResult } from "./replication/migrate.ts";
 export { save, restore, type SaveResult } from "./replication/save-restore.ts";

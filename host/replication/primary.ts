@@ -77,18 +77,14 @@ export interface ReplicateOptions {
   sender?: SenderOptions;
 }
 
-/** How a replication that ended went. */
-export interface ReplicationSummary {
-  checkpoints: number;
-}
-
 /**
- * Replicates `machine` to the standby at the other end of `transport` until cancelled (then the
- * promise rejects E_ABORTED) or the standby is lost (E_PEER_LOST). Either way the machine is left
- * running, and outputs held for checkpoints that will never be acknowledged are released: with
- * no standby to take over, this machine is the only copy.
+ * Replicates `machine` to the standby at the other end of `transport`. It never resolves: it ends
+ * when cancelled (rejecting E_ABORTED) or when the standby is lost (E_PEER_LOST), or refuses
+ * (E_FAILED). Either way the machine is left running, and outputs held for checkpoints that will
+ * never be acknowledged are released: with no standby to take over, this machine is the only copy.
+ * Progress reports count checkpoints, bytes and pages.
  */
-export function replicate(machine: Machine, transport: Transport, options: ReplicateOptions = {}): OpHandle<ReplicationSummary> {
+export function replicate(machine: Machine, transport: Transport, options: ReplicateOptions = {}): OpHandle<never> {
   const intervalMs = options.intervalMs ?? 25;
   const generation = options.generation ?? 1;
   if (!(intervalMs >= 0) || !Number.isSafeInteger(generation) || generation < 0) {
@@ -172,6 +168,7 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
       }
     } catch (error) {
       if (ctx.signal.aborted && sender.error === undefined) {
+        writer.take(); // whatever a cut-short capture left
         writer.end();
         await sender.atomic(writer.take()).catch(() => {}); // best effort: it may have gone meanwhile
       }
