@@ -18,7 +18,8 @@ Usage:
   tandem demo [options]      the main job: replicate the built-in guest to a standby, kill -9
                              the primary, watch the standby take over with no gap in its output
       --interval MS  checkpoint every MS (50)      --memory MIB  guest RAM (32)
-      --duration S   run for S seconds (6)         --kill-after S  kill the primary then (3)
+      --duration S   run for S seconds (6)         --kill-after S  kill the primary S seconds
+                                                    after its first checkpoint (3)
       --no-kill      stop the primary cleanly       --dirty F  fraction of pages a step writes (0.001)
       --verify-state compare the standby with the primary's checkpoint, byte for byte (by hash)
       --json         print one JSON summary

@@ -1,7 +1,8 @@
 /**
  * `tandem demo`: the main job on the built-in reference machine. The standby runs in this
- * process; the primary in a second process, replicating every --interval ms; after --kill-after
- * seconds the primary is killed (SIGKILL) and the standby takes over, its counter continuing. The
+ * process; the primary in a second process, replicating every --interval ms; --kill-after seconds
+ * after its first checkpoint the primary is killed (SIGKILL) and the standby takes over, its
+ * counter continuing, for the rest of --duration. The
  * outside world (this process) keeps each output seq once, then checks the guest's counter for
  * gaps and duplicates. Prints a summary, or one JSON object with --json.
  */
@@ -99,6 +100,8 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
   const child = spawn(command, rest, { stdio: ["ignore", "pipe", "inherit"] });
   const pauses: number[] = [];
   const digests = new Map<number, string>();
+  let replicating!: () => void;
+  const firstCheckpoint = new Promise<void>((resolve) => (replicating = resolve));
   let pending = "";
   child.stdout!.on("data", (chunk: Uint8Array) => {
     pending += new TextDecoder().decode(chunk);
@@ -108,7 +111,10 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
       if (!line.startsWith("{")) continue;
       const event = JSON.parse(line) as { type: string; seq: number; text: string; pauseMs: number; checkpoint: number; digest: string };
       if (event.type === "output") take(event, false);
-      else if (event.type === "checkpoint") pauses.push(event.pauseMs);
+      else if (event.type === "checkpoint") {
+        pauses.push(event.pauseMs);
+        replicating();
+      }
       else if (event.type === "suspended") digests.set(event.checkpoint, event.digest);
     }
   });
@@ -118,21 +124,27 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
   void server.close(); // stop listening; its promise settles only when this connection ends
   const verify = values["verify-state"];
   const op = standby(machine, transport, { heartbeatTimeoutMs: 500, release: (o) => take(o, true), resume: !verify });
-  const started = performance.now();
   const ticker = setInterval(() => {
     const p50 = percentile(pauses, 0.5);
     status(`primary pid ${child.pid}: ${pauses.length} checkpoints, pause p50 ${p50.toFixed(2)} ms, counter ${lastPrimaryCounter}${firstStandbyCounter !== null ? `; standby running from counter ${firstStandbyCounter}, now ${machine.counter}` : ""}`);
   }, 200);
 
+  // --kill-after counts from the first committed checkpoint: a slow start (a loaded machine, a
+  // runtime compiling the primary) must not kill the primary before it has replicated anything.
   let killedAt: number | undefined;
-  const killer = setTimeout(() => {
-    if (values["no-kill"]) {
-      child.kill("SIGINT"); // a clean stop: the primary stands the standby down
-    } else {
-      killedAt = performance.now();
-      child.kill("SIGKILL");
-    }
-  }, killAfter);
+  let killer: ReturnType<typeof setTimeout> | undefined;
+  const startupLimit = setTimeout(() => child.kill("SIGKILL"), 60_000);
+  void firstCheckpoint.then(() => {
+    clearTimeout(startupLimit);
+    killer = setTimeout(() => {
+      if (values["no-kill"]) {
+        child.kill("SIGINT"); // a clean stop: the primary stands the standby down
+      } else {
+        killedAt = performance.now();
+        child.kill("SIGKILL");
+      }
+    }, killAfter);
+  });
   let result: StandbyResult | undefined;
   let standbyError: Error | undefined;
   try {
@@ -146,11 +158,11 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
     stateVerified = stateDigest(machine) === digests.get(result.checkpoint);
     await machine.resume();
   }
-  // Let the standby run on (re-reading sectors written before the takeover) until the end.
-  const left = started + duration - performance.now();
-  if (left > 0) await new Promise((r) => setTimeout(r, left));
+  // Let the standby run on (re-reading sectors written before the takeover) for the rest of --duration.
+  if (result?.outcome === "takeover") await new Promise((r) => setTimeout(r, duration - killAfter));
   clearInterval(ticker);
   clearTimeout(killer);
+  clearTimeout(startupLimit);
   machine.pause();
   child.kill("SIGKILL");
   await childExit;
