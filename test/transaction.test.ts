@@ -4,6 +4,7 @@ import { ErrorCode } from "../host/errors.ts";
 import { Cmd, HEADER_SIZE } from "../host/protocol/frame.ts";
 import { SessionState, receiverTransition, senderTransition } from "../host/protocol/session-state.ts";
 import { TransactionReceiver } from "../host/protocol/receiver.ts";
+import { TransactionSender } from "../host/protocol/sender.ts";
 import { TransportBase, memoryPair } from "../host/protocol/transport.ts";
 import { seededRandom } from "../host/prng.ts";
 import { configureTracing } from "../host/trace.ts";
@@ -230,6 +231,28 @@ test("a peer trickling tiny frames in mostly empty buffers cannot make the recei
   end.feed(frame(Cmd.Commit, 0, 201));
   await until(() => delivered === 200);
   assert.ok(receiver.stats.peakBufferedBytes < 65536, `peak ${receiver.stats.peakBufferedBytes} bytes, not 200 buffers of 64 KiB`);
+});
+
+test("an opening ACK that comes before open() is called is not lost", async () => {
+  const [a, b] = memoryPair();
+  const receiver = new TransactionReceiver(b, () => {});
+  receiver.open();
+  await new Promise((r) => setTimeout(r, 5)); // the ACK has arrived at a's end, no sender yet
+  const sender = new TransactionSender(a);
+  await new Promise((r) => setTimeout(r, 5)); // and reached the sender before open()
+  await sender.open();
+  await sender.atomic(Uint8Array.of(1));
+  assert.is(sender.stats.acked, 1);
+});
+
+test("bytes that arrive before a handler is set are kept for it, not dropped", async () => {
+  const end = new HandFed();
+  end.feed(Uint8Array.of(1, 2));
+  end.feed(Uint8Array.of(3));
+  const got: number[] = [];
+  end.onData((chunk) => got.push(...chunk));
+  end.feed(Uint8Array.of(4));
+  assert.equal(got, [1, 2, 3, 4]);
 });
 
 test("a frame before the receiver opened is E_INVALID_STATE", async () => {

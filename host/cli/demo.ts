@@ -41,6 +41,8 @@ export interface DemoSummary {
    * checkpoint it holds did on the primary. Null without --verify-state or without a takeover.
    */
   state_verified: boolean | null;
+  /** Why the standby ended without a takeover or a clean stop, if it did. */
+  error?: string;
   ok: boolean;
 }
 
@@ -189,6 +191,7 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
     first_standby_counter: firstStandbyCounter,
     disk_verified: machine.diskErrors === 0,
     state_verified: stateVerified,
+    ...(standbyError ? { error: standbyError.message } : {}),
     ok: false,
   };
   summary.ok = !standbyError && summary.checkpoints > 0 && gaps === 0 && summary.output_duplicates === 0 && summary.disk_verified &&

@@ -90,6 +90,7 @@ export class TransactionSender {
   #txnId = 0;
   #seq = 0;
   #cancelledByPeer = false;
+  #openedEarly = false;
   #busy = false;
   #response: Pending | undefined;
   #error: TandemError | undefined;
@@ -139,9 +140,13 @@ export class TransactionSender {
     return this.#error;
   }
 
-  /** Waits for the receiver's opening ACK. */
+  /** Waits for the receiver's opening ACK (resolving at once if it already came). */
   open(): Promise<void> {
     return this.#op(async () => {
+      if (this.#openedEarly) {
+        this.#openedEarly = false;
+        return;
+      }
       if (this.#state !== SessionState.Init) throw new TandemError(ErrorCode.InvalidState, `open() in state ${this.#state}`);
       await this.#expectAnswer();
     });
@@ -395,7 +400,9 @@ export class TransactionSender {
     if (cmd === Cmd.Ack && this.#state === SessionState.Init) {
       if (id !== 0) throw new TandemError(ErrorCode.IdMismatch, `the opening ACK names transaction ${id}, expected 0`);
       this.#step("recv-ack");
-      this.#settle(undefined);
+      // A fast receiver's ACK can come before open() is even called: open() then just returns.
+      if (this.#response) this.#settle(undefined);
+      else this.#openedEarly = true;
       return;
     }
     if (cmd === Cmd.Cancel && isIdle(this.#state) && id === this.#txnId) return; // crossed our own CANCEL

@@ -24,8 +24,9 @@ export interface Transport {
    */
   write(chunk: Uint8Array, done: (error?: Error) => void): boolean;
   /**
-   * Sets the handler for received bytes. A delivered chunk is the handler's to keep: the transport
-   * never writes to it again (a receiver keeps chunks as a transaction's payload, uncopied).
+   * Sets the handler for received bytes; bytes that arrived before are given to it at once. A
+   * delivered chunk is the handler's to keep: the transport never writes to it again (a receiver
+   * keeps chunks as a transaction's payload, uncopied).
    */
   onData(handler: (chunk: Uint8Array) => void): void;
   /** Sets the handler called once when the stream ends: no error for an orderly close. */
@@ -38,7 +39,9 @@ export interface Transport {
 
 /** A transport whose handlers are kept until set and whose close is reported once. */
 export abstract class TransportBase implements Transport {
-  #data: (chunk: Uint8Array) => void = () => {};
+  #data: ((chunk: Uint8Array) => void) | undefined;
+  /** Bytes that arrived before a handler was set (Deno can emit data in the same tick as connect). */
+  #early: Uint8Array[] = [];
   #close: ((error?: Error) => void) | undefined;
   #closed = false;
   #closeError: Error | undefined;
@@ -49,6 +52,7 @@ export abstract class TransportBase implements Transport {
 
   onData(handler: (chunk: Uint8Array) => void): void {
     this.#data = handler;
+    for (const chunk of this.#early.splice(0)) handler(chunk);
   }
 
   onClose(handler: (error?: Error) => void): void {
@@ -60,9 +64,11 @@ export abstract class TransportBase implements Transport {
     return this.#closed;
   }
 
-  /** Delivers received bytes to the handler. */
+  /** Delivers received bytes to the handler, or keeps them until one is set: none is ever dropped. */
   protected deliver(chunk: Uint8Array): void {
-    if (!this.#closed) this.#data(chunk);
+    if (this.#closed) return;
+    if (this.#data) this.#data(chunk);
+    else this.#early.push(chunk);
   }
 
   /** Marks the stream ended and tells the close handler (once). */

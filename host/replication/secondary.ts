@@ -21,7 +21,10 @@ const TAKEOVER_CODES: ReadonlySet<string> = new Set([
 
 /** Options of {@link standby}. */
 export interface StandbyOptions {
-  /** Take over when no checkpoint arrived for this long (ms). Default 1000 (Remus). */
+  /**
+   * Take over when nothing arrived for this long (ms), once a first checkpoint is held. Default
+   * 1000 (Remus).
+   */
   heartbeatTimeoutMs?: number;
   /** Refuse checkpoints of a lower generation than this; it rises with each one applied. Default 0. */
   minGeneration?: number;
@@ -74,11 +77,15 @@ export function standby(machine: Machine, transport: Transport, options: Standby
     const primaryLost = new Promise<"closed" | "heartbeat" | "handover">((resolve) => (lost = resolve));
     let handover: { accept(): void; refuse(error: Error): void } | undefined;
     // The primary is alive while bytes keep coming (a big checkpoint may take longer than the
-    // timeout). Polled every quarter timeout: loss is declared 1 to 1.25 timeouts after the last byte.
+    // timeout). Polled every quarter timeout: loss is declared 1 to 1.25 timeouts after the last
+    // byte. It counts only once a checkpoint is held: before that there is nothing to take over,
+    // and a primary that is slow to start is not a dead one (a closed connection still ends it).
     let heard = -1;
     let heardAt = performance.now();
     const heartbeat = setInterval(() => {
-      if (receiver.stats.bytes !== heard) {
+      if (!last) {
+        heardAt = performance.now();
+      } else if (receiver.stats.bytes !== heard) {
         heard = receiver.stats.bytes;
         heardAt = performance.now();
       } else if (performance.now() - heardAt >= heartbeatMs) {
