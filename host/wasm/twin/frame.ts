@@ -15,7 +15,7 @@ const S_HEADER = 20;
 const S_STOPPED = 32;
 /** Event kinds, as the kernel writes them. */
 export const EVENT_HEADER = 1;
-export const EVENT_PAYLOAD = 2;
+const EVENT_PAYLOAD = 2;
 const DECODE_TOO_LARGE = 1;
 
 /** Writes the header at `out` and copies the payload after it unless it is already there. */
