@@ -41,7 +41,7 @@ test("state machines: the listed transitions, and E_INVALID_STATE for the rest",
   assert.is(errorCode(() => receiverTransition(SessionState.Commit, "recv-begin")), ErrorCode.InvalidState);
 });
 
-test("transactions arrive whole and in order, whatever the chunking and kernel flavor", async () => {
+test("transactions arrive whole and in order, whatever the chunking, kernel flavor and write call", async () => {
   for (const flavor of KERNEL_FLAVORS) {
     for (const maxChunk of [1, 7, 4096, 65536]) {
       const random = seededRandom(maxChunk);
@@ -56,7 +56,7 @@ test("transactions arrive whole and in order, whatever the chunking and kernel f
         const parts = Array.from({ length: 1 + Math.floor(random() * 6) }, (_, i) =>
           pattern(maxChunk === 1 ? 50 : Math.floor(random() * 150_000), t * 31 + i));
         await s.sender.begin();
-        for (const part of parts) await s.sender.write(part);
+        for (const part of parts) await (random() < 0.5 ? s.sender.write(part) : s.sender.writeNoCopy(part));
         await s.sender.commit();
         sent.push(concat(parts));
       }
@@ -143,6 +143,21 @@ test("back-pressure: a stalled transport freezes the sender at its pool, and COM
   assert.ok(s.sender.stats.freezes >= 1);
   assert.not.ok(s.sender.stats.frozen);
   assert.ok(s.sender.stats.peakHeldBytes <= 3 * 8192);
+});
+
+test("writeNoCopy sends from the caller's bytes: the pool holds headers only, and COMMIT waits for the bytes", async () => {
+  const s = await session({ sender: { bufferSize: 8192, buffers: 2 }, faults: { stallWrites: true } });
+  await s.sender.begin();
+  const big = pattern(100_000, 3); // more than the whole pool: 13 frames of at most 8180 bytes
+  const writing = s.sender.writeNoCopy(big);
+  await until(() => s.sender.stats.frozen);
+  assert.ok(s.sender.stats.peakHeldBytes <= 2 * 8192, `pool use ${s.sender.stats.peakHeldBytes}`);
+  s.wire.release();
+  await writing;
+  await s.sender.write(pattern(10, 4));
+  await s.sender.commit();
+  assert.equal(s.seen[0].bytes, concat([big, pattern(10, 4)]));
+  assert.is(s.sender.stats.bytes, 2 * HEADER_SIZE + Math.ceil(100_000 / (8192 - HEADER_SIZE)) * HEADER_SIZE + 100_000 + HEADER_SIZE + 10);
 });
 
 test("limits: a frame or a transaction over the receiver's limit is E_PAYLOAD_TOO_LARGE, never delivered", async () => {

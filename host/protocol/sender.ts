@@ -4,6 +4,7 @@
  *   await sender.open();                 // waits for the receiver's opening ACK
  *   await sender.begin();
  *   await sender.write(bytes);           // CONTINUE frames, as many as needed
+ *   await sender.writeNoCopy(bytes);     // the same, sent from the caller's bytes (see there)
  *   await sender.commit();               // resolves on ACK; E_REFUSED on NACK; E_CANCELLED
  *   await sender.atomic(bytes);          // a whole transaction in one frame
  *
@@ -188,6 +189,32 @@ export class TransactionSender {
     }
   }
 
+  /**
+   * Adds bytes to the open transaction like {@link write}, but sends them from the caller's own
+   * memory instead of copying them into the pool: the pool holds only each frame's header. The
+   * sender keeps a reference until the transaction's commit (or cancel) settles, so the caller
+   * must not change the bytes before then. For large writes of bytes that are not reused, such as
+   * a whole encoded checkpoint, where the copy would cost as much as the socket.
+   */
+  writeNoCopy(bytes: Uint8Array): Promise<void> {
+    return this.#op(async () => {
+      this.#takePeerCancel();
+      this.#step("write");
+      for (let at = 0; at < bytes.length; ) {
+        const n = Math.min(bytes.length - at, this.#bufferSize - HEADER_SIZE);
+        await this.#drained();
+        const header = await this.#room(HEADER_SIZE);
+        this.#encode(header, Cmd.Continue, n, false);
+        this.#transport.batch(() => {
+          this.#flush();
+          this.#send(bytes.subarray(at, at + n), ErrorCode.SendPayload, () => {});
+        });
+        at += n;
+      }
+      this.#takePeerCancel();
+    });
+  }
+
   /** Encodes bytes[offset..] as CONTINUE frames while buffers are free; returns how far it got. */
   #append(bytes: Uint8Array, offset: number): number {
     while (offset < bytes.length) {
@@ -257,12 +284,16 @@ export class TransactionSender {
     this.#encode(await this.#room(HEADER_SIZE), cmd, 0);
   }
 
-  /** Encodes a frame at the end of `buffer`; its `len` payload bytes are already in place after the header. */
-  #encode(buffer: { ptr: number; used: number }, cmd: number, len: number): void {
+  /**
+   * Encodes a frame at the end of `buffer`. Its `len` payload bytes are already in place after the
+   * header, or, when `payloadInBuffer` is false, follow in a transport write of their own.
+   */
+  #encode(buffer: { ptr: number; used: number }, cmd: number, len: number, payloadInBuffer = true): void {
     this.#trace?.("send_header", { cmd: CMD_NAMES[cmd], id: this.#txnId, seq: this.#seq, len });
     const at = buffer.ptr + buffer.used;
+    // Told that the payload is in place after the header, the kernel writes just the header.
     const size = this.#kernels.frameEncode(at, cmd, this.#txnId, this.#seq, at + HEADER_SIZE, len);
-    buffer.used += size;
+    buffer.used += payloadInBuffer ? size : HEADER_SIZE;
     this.#seq = (this.#seq + 1) >>> 0;
     this.#stats.frames++;
     this.#stats.bytes += size;
@@ -317,15 +348,25 @@ export class TransactionSender {
       this.#free.push(buffer.ptr);
       return;
     }
-    this.#inFlight++;
     this.#inFlightBytes += buffer.used;
-    this.#trace?.("flush", { bytes: buffer.used, inflight: this.#inFlight });
-    const more = this.#transport.write(this.#heap.u8.subarray(buffer.ptr, buffer.ptr + buffer.used), (error) => {
-      this.#inFlight--;
+    this.#trace?.("flush", { bytes: buffer.used, inflight: this.#inFlight + 1 });
+    this.#send(this.#heap.u8.subarray(buffer.ptr, buffer.ptr + buffer.used), ErrorCode.Flush, () => {
       this.#inFlightBytes -= buffer.used;
       this.#free.push(buffer.ptr);
+    });
+  }
+
+  /**
+   * Hands `bytes` to the transport, counted in flight until it is done with them (then `release`);
+   * a failed write ends the session with `code`.
+   */
+  #send(bytes: Uint8Array, code: ErrorCode, release: () => void): void {
+    this.#inFlight++;
+    const more = this.#transport.write(bytes, (error) => {
+      this.#inFlight--;
+      release();
       if (this.#inFlight === 0) this.#backedUp = false;
-      if (error) this.#fail(new TandemError(ErrorCode.Flush, `the transport could not send ${buffer.used} bytes: ${error.message}`));
+      if (error) this.#fail(new TandemError(code, `the transport could not send ${bytes.length} bytes: ${error.message}`));
       for (const wake of this.#waiters.splice(0)) wake();
     });
     if (!more) this.#backedUp = true;

@@ -37,6 +37,15 @@ export class SocketTransport extends TransportBase {
     return this.#socket.write(chunk, (error) => done(error ?? undefined));
   }
 
+  override batch(writes: () => void): void {
+    this.#socket.cork();
+    try {
+      writes();
+    } finally {
+      this.#socket.uncork();
+    }
+  }
+
   close(): void {
     // end() sends what is queued, then FIN; destroy() is for when the peer will not read it.
     if (!this.#socket.destroyed) this.#socket.end(() => this.#socket.destroy());

@@ -31,6 +31,12 @@ export interface Transport {
   onData(handler: (chunk: Uint8Array) => void): void;
   /** Sets the handler called once when the stream ends: no error for an orderly close. */
   onClose(handler: (error?: Error) => void): void;
+  /**
+   * Runs `writes`, which calls `write` several times, letting the transport send those chunks
+   * together (a socket's writev) rather than one by one, as when a small header precedes a large
+   * payload held elsewhere.
+   */
+  batch(writes: () => void): void;
   /** Ends the stream. Writes not yet done complete with an error. */
   close(): void;
   /** True once the stream has ended, from either side. */
@@ -49,6 +55,10 @@ export abstract class TransportBase implements Transport {
 
   abstract write(chunk: Uint8Array, done: (error?: Error) => void): boolean;
   abstract close(): void;
+
+  batch(writes: () => void): void {
+    writes();
+  }
 
   onData(handler: (chunk: Uint8Array) => void): void {
     this.#data = handler;

@@ -3,10 +3,10 @@
 import { ErrorCode, TandemError } from "../errors.ts";
 import type { TransactionSender } from "../protocol/sender.ts";
 
-/** Sends `bytes` as one transaction and waits for its ACK. */
+/** Sends `bytes` as one transaction and waits for its ACK; `bytes` must not change until then. */
 export async function sendTransaction(sender: TransactionSender, bytes: Uint8Array): Promise<void> {
   await sender.begin();
-  await sender.write(bytes);
+  await sender.writeNoCopy(bytes);
   await sender.commit();
 }
 
