@@ -63,6 +63,12 @@ export const ErrorCode = {
   PeerLost: "E_PEER_LOST",
   /** The operation was cancelled through its AbortSignal or handle. */
   Aborted: "E_ABORTED",
+
+  // Emulators (host/emulators/).
+  /** The emulator is not a version whose internals the adapter knows; the message names what changed. */
+  EmulatorChanged: "E_EMULATOR_CHANGED",
+  /** The emulator or its guest could not be started; the message says what to fix. */
+  EmulatorStart: "E_EMULATOR_START",
 } as const;
 
 /** One of the values of {@link ErrorCode}. */

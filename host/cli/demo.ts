@@ -1,23 +1,25 @@
 /**
- * `tandem demo`: the main job on the built-in reference machine. The standby runs in this
- * process; the primary in a second process, replicating every --interval ms; --kill-after seconds
- * after its first checkpoint the primary is killed (SIGKILL) and the standby takes over, its
- * counter continuing, for the rest of --duration. The
- * outside world (this process) keeps each output seq once, then checks the guest's counter for
- * gaps and duplicates. Prints a summary, or one JSON object with --json.
+ * `tandem demo` (`npm start`): the main job, on the built-in guest in v86 (or, with --guest
+ * reference, on the reference machine). The standby runs in this process; the primary in a
+ * second process, replicating every --interval ms; --kill-after seconds after its first
+ * checkpoint the primary is killed (SIGKILL) and the standby takes over, its counter continuing,
+ * for the rest of --duration. The outside world (this process) keeps each output seq once, then
+ * checks the guest's counter for gaps and duplicates, and the standby's disk against the digest
+ * the primary reported for the checkpoint the standby took over from. Prints a summary, or one
+ * JSON object with --json.
  */
 
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { ErrorCode, TandemError } from "../errors.ts";
-import { stateDigest } from "../machine/state-digest.ts";
+import { disksDigest, stateDigest } from "../machine/state-digest.ts";
 import { listen, type SocketTransport } from "../protocol/socket-transport.ts";
 import type { ReleasedOutput } from "../replication/primary.ts";
 import { standby, type StandbyResult } from "../replication/secondary.ts";
 import { selfCommand } from "../runtime/self-command.ts";
 import type { Output } from "./commands.ts";
-import { machineFrom } from "./replication-commands.ts";
+import { CounterLog, GUEST_OPTIONS, guestFrom } from "./guests.ts";
 
 /** The demo's verdict. */
 export interface DemoSummary {
@@ -34,11 +36,21 @@ export interface DemoSummary {
   /** The last counter the primary released, and the first the standby released after taking over. */
   last_primary_counter: number;
   first_standby_counter: number | null;
-  /** The guest found every disk sector it re-read as it had written it, across the takeover. */
+  /**
+   * The guest found every disk sector it re-read as it had written it, across the takeover, and
+   * the standby's disk at takeover equals the disk of the checkpoint it took over from (as the
+   * primary hashed it).
+   */
   disk_verified: boolean;
   /**
-   * With --verify-state: the standby's RAM, disks and devices, at takeover, hash the same as the
-   * checkpoint it holds did on the primary. Null without --verify-state or without a takeover.
+   * The standby's disk at takeover against the primary's digest of that checkpoint's disk; null
+   * without a takeover (or with --verify-state, which checks the whole state instead).
+   */
+  disk_at_takeover_verified: boolean | null;
+  /**
+   * With --verify-state: the standby's RAM, disks and devices (devices only where their saved
+   * state is byte-stable: not v86's), at takeover, hash the same as the checkpoint it holds did
+   * on the primary. Null without --verify-state or without a takeover.
    */
   state_verified: boolean | null;
   /** Why the standby ended without a takeover or a clean stop, if it did. */
@@ -50,14 +62,12 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
   const { values } = parseArgs({
     args: [...args],
     options: {
+      ...GUEST_OPTIONS,
       interval: { type: "string", default: "50" },
-      memory: { type: "string", default: "32" },
-      dirty: { type: "string", default: "0.001" },
       duration: { type: "string", default: "6" },
       "kill-after": { type: "string", default: "3" },
       "no-kill": { type: "boolean", default: false },
       "verify-state": { type: "boolean", default: false },
-      json: { type: "boolean", default: false },
     },
   });
   const duration = Number(values.duration) * 1000;
@@ -73,20 +83,19 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
   // The outside world: each seq once.
   const world = new Map<number, string>();
   let conflicts = 0;
-  let lastPrimaryCounter = 0;
-  let firstStandbyCounter: number | null = null;
-  const take = (o: ReleasedOutput | { seq: number; text: string }, fromStandby: boolean) => {
+  const fromPrimary = new CounterLog();
+  const fromStandby = new CounterLog();
+  const take = (o: ReleasedOutput | { seq: number; text: string }, standbyReleased: boolean) => {
     const text = "text" in o ? o.text : new TextDecoder().decode(o.data);
     if (world.has(o.seq) && world.get(o.seq) !== text) conflicts++;
     world.set(o.seq, text);
-    const counter = Number(/counter (\d+)/.exec(text)?.[1]);
-    if (fromStandby) firstStandbyCounter ??= counter;
-    else lastPrimaryCounter = Math.max(lastPrimaryCounter, counter);
+    (standbyReleased ? fromStandby : fromPrimary).see(text);
     if (!values.json && !tty) io.out(text.replace(/\n$/, ""));
   };
 
   // The standby, here.
-  const machine = machineFrom(values);
+  const guest = await guestFrom(values);
+  const machine = guest.machine;
   let accept!: (t: SocketTransport) => void;
   const accepted = new Promise<SocketTransport>((resolve) => (accept = resolve));
   const server = await listen({ port: 0 }, (t) => accept(t));
@@ -95,13 +104,13 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
   // The primary, in its own process.
   const script = fileURLToPath(new URL(import.meta.url.endsWith(".ts") ? "./main.ts" : "./main.js", import.meta.url));
   const [command, ...rest] = selfCommand(script, [
-    "primary", "--connect", `127.0.0.1:${port}`, "--json",
-    "--interval", values.interval, "--memory", values.memory, "--dirty", values.dirty,
-    ...(values["verify-state"] ? ["--digests"] : []),
+    "primary", "--connect", `127.0.0.1:${port}`, "--json", "--interval", values.interval, ...guest.args,
+    ...(values["verify-state"] ? ["--digests"] : ["--disk-digests"]),
   ]);
   const child = spawn(command, rest, { stdio: ["ignore", "pipe", "inherit"] });
   const pauses: number[] = [];
   const digests = new Map<number, string>();
+  const diskDigests = new Map<number, string>();
   let replicating!: () => void;
   const firstCheckpoint = new Promise<void>((resolve) => (replicating = resolve));
   let pending = "";
@@ -112,6 +121,7 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
     for (const line of lines) {
       if (!line.startsWith("{")) continue;
       const event = JSON.parse(line) as { type: string; seq: number; text: string; pauseMs: number; checkpoint: number; digest: string };
+      if (event.type === "disks") diskDigests.set(event.checkpoint, event.digest);
       if (event.type === "output") take(event, false);
       else if (event.type === "checkpoint") {
         pauses.push(event.pauseMs);
@@ -128,7 +138,8 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
   const op = standby(machine, transport, { heartbeatTimeoutMs: 500, release: (o) => take(o, true), resume: !verify });
   const ticker = setInterval(() => {
     const p50 = percentile(pauses, 0.5);
-    status(`primary pid ${child.pid}: ${pauses.length} checkpoints, pause p50 ${p50.toFixed(2)} ms, counter ${lastPrimaryCounter}${firstStandbyCounter !== null ? `; standby running from counter ${firstStandbyCounter}, now ${machine.counter}` : ""}`);
+    const standbyNote = fromStandby.counters.length > 0 ? `; standby took over at counter ${fromStandby.counters[0]}, now ${fromStandby.last}` : "";
+    status(`primary pid ${child.pid}: ${pauses.length} checkpoints, pause p50 ${p50.toFixed(2)} ms, counter ${fromPrimary.last}${standbyNote}`);
   }, 200);
 
   // --kill-after counts from the first committed checkpoint: a slow start (a loaded machine, a
@@ -156,8 +167,13 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
   }
   const detectedAt = performance.now();
   let stateVerified: boolean | null = null;
+  let diskAtTakeover: boolean | null = null;
+  if (result?.outcome === "takeover" && !verify) {
+    const digest = diskDigests.get(result.checkpoint);
+    diskAtTakeover = digest === undefined ? null : digest === disksDigest(machine.disks.map((d) => d.read(0, d.size)));
+  }
   if (verify && result?.outcome === "takeover") {
-    stateVerified = stateDigest(machine) === digests.get(result.checkpoint);
+    stateVerified = stateDigest(machine, { devices: guest.stableDevices }) === digests.get(result.checkpoint);
     await machine.resume();
   }
   // Let the standby run on (re-reading sectors written before the takeover) for the rest of --duration.
@@ -165,12 +181,14 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
   clearInterval(ticker);
   clearTimeout(killer);
   clearTimeout(startupLimit);
-  machine.pause();
+  await guest.close();
   child.kill("SIGKILL");
   await childExit;
   status("");
 
-  const counters = [...world.keys()].sort((a, b) => a - b).map((seq) => Number(/counter (\d+)/.exec(world.get(seq)!)?.[1]));
+  const released = new CounterLog();
+  for (const seq of [...world.keys()].sort((a, b) => a - b)) released.see(world.get(seq)!);
+  const counters = released.counters;
   let gaps = 0;
   let duplicates = 0;
   for (let i = 1; i < counters.length; i++) {
@@ -187,16 +205,17 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
     detection_ms: tookOver && killedAt !== undefined ? round(detectedAt - killedAt - result!.failoverMs!) : null,
     output_gaps: gaps,
     output_duplicates: duplicates + conflicts,
-    last_primary_counter: lastPrimaryCounter,
-    first_standby_counter: firstStandbyCounter,
-    disk_verified: machine.diskErrors === 0,
+    last_primary_counter: fromPrimary.last,
+    first_standby_counter: fromStandby.counters[0] ?? null,
+    disk_verified: released.diskErrors === 0 && diskAtTakeover !== false,
+    disk_at_takeover_verified: diskAtTakeover,
     state_verified: stateVerified,
     ...(standbyError ? { error: standbyError.message } : {}),
     ok: false,
   };
   summary.ok = !standbyError && summary.checkpoints > 0 && gaps === 0 && summary.output_duplicates === 0 && summary.disk_verified &&
     stateVerified !== false && (!verify || values["no-kill"] || stateVerified === true) &&
-    (values["no-kill"] ? result?.outcome === "stopped" : tookOver && firstStandbyCounter !== null);
+    (values["no-kill"] ? result?.outcome === "stopped" : tookOver && summary.first_standby_counter !== null && (verify || diskAtTakeover !== null));
   if (values.json) {
     io.out(JSON.stringify(summary));
   } else {
@@ -215,7 +234,8 @@ function formatSummary(s: DemoSummary, noKill: boolean): string {
       : `primary killed         after counter ${s.last_primary_counter} was released`,
     noKill ? "" : `standby took over      detected in ${s.detection_ms} ms, running ${s.failover_ms} ms later, counter continued from ${s.first_standby_counter}`,
     `released output        ${s.output_gaps} gaps, ${s.output_duplicates} duplicates`,
-    `disk                   ${s.disk_verified ? "every sector the guest re-read was as it wrote it" : "THE GUEST FOUND A LOST OR TORN WRITE"}`,
+    `disk                   ${s.disk_verified ? "every sector the guest re-read was as it wrote it" : "A LOST OR TORN WRITE, OR A STANDBY DISK UNLIKE THE CHECKPOINT'S"}`,
+    s.disk_at_takeover_verified === null ? "" : `standby disk           ${s.disk_at_takeover_verified ? "equal, at takeover, to the disk of the checkpoint it took over from" : "DIFFERS FROM THE CHECKPOINT'S DISK"}`,
     s.state_verified === null ? "" : `standby state          ${s.state_verified ? "equal, byte for byte, to the checkpoint the primary recorded" : "DIFFERS FROM THE PRIMARY'S CHECKPOINT"}`,
     s.ok ? "ok" : "FAILED",
   ].filter((line) => line !== "").join("\n");

@@ -1,27 +1,21 @@
 /**
- * `tandem primary` and `tandem secondary`: continuous replication of the built-in reference
- * machine between two processes. With --json each prints one JSON object per line (outputs,
+ * `tandem primary` and `tandem secondary`: continuous replication of a guest (guests.ts: the
+ * built-in guest in v86, or the reference machine) between two processes. With --json each prints one JSON object per line (outputs,
  * checkpoints, takeover) for a supervising program such as `tandem demo`; otherwise the guest's
  * serial output goes to stdout and a status line to a terminal's stderr.
  */
 
 import { parseArgs } from "node:util";
 import { ErrorCode, TandemError } from "../errors.ts";
-import { ReferenceMachine } from "../machine/reference-machine.ts";
-import { stateDigest } from "../machine/state-digest.ts";
+import { disksDigest, stateDigest } from "../machine/state-digest.ts";
+import type { Machine } from "../machine/machine.ts";
 import { connect, listen, type SocketAddress, type SocketTransport } from "../protocol/socket-transport.ts";
 import { migrate } from "../replication/migrate.ts";
 import { replicate, type ReleasedOutput } from "../replication/primary.ts";
 import { restore, save } from "../replication/save-restore.ts";
 import { standby } from "../replication/secondary.ts";
 import type { Output } from "./commands.ts";
-
-/** Options both sides share: both machines must be configured alike. */
-const MACHINE_OPTIONS = {
-  memory: { type: "string", default: "32" },
-  dirty: { type: "string", default: "0.01" },
-  json: { type: "boolean", default: false },
-} as const;
+import { CounterLog, GUEST_OPTIONS, guestFrom } from "./guests.ts";
 
 /** "PORT", "HOST:PORT" or a socket path (anything with a slash). */
 export function parseAddress(text: string): SocketAddress {
@@ -30,17 +24,6 @@ export function parseAddress(text: string): SocketAddress {
   const n = Number(port);
   if (!Number.isInteger(n) || n < 0 || n > 65535) throw new TandemError(ErrorCode.BadArgument, `'${text}' is not a port, host:port or socket path`);
   return { host, port: n };
-}
-
-/** The reference machine both sides run, from the shared options. */
-export function machineFrom(values: { memory: string; dirty: string }): ReferenceMachine {
-  const mib = Number(values.memory);
-  const dirty = Number(values.dirty);
-  if (!Number.isInteger(mib) || mib < 1 || mib > 4096) throw new TandemError(ErrorCode.BadArgument, `--memory ${values.memory}: MiB from 1 to 4096`);
-  if (!(dirty >= 0 && dirty <= 1)) throw new TandemError(ErrorCode.BadArgument, `--dirty ${values.dirty}: a fraction of pages per step, 0 to 1`);
-  const pages = (mib << 20) / 4096;
-  // One step per millisecond; --dirty is the fraction of pages a step writes.
-  return new ReferenceMachine({ memoryBytes: mib << 20, dirtyPages: Math.max(1, Math.round(pages * dirty)), tickMs: 1 });
 }
 
 /** A status line on a terminal's stderr (nothing otherwise), redrawn in place. */
@@ -52,7 +35,7 @@ function statusLine(): (line: string) => void {
 }
 
 /** Seconds of running the guest before acting on it (--run S). */
-function runFor(machine: ReferenceMachine, seconds: string): Promise<void> {
+function runFor(machine: Machine, seconds: string): Promise<void> {
   const ms = Number(seconds) * 1000;
   if (!(ms >= 0)) throw new TandemError(ErrorCode.BadArgument, `--run ${seconds}: seconds, 0 or more`);
   machine.resume();
@@ -71,12 +54,13 @@ export async function primaryCommand(args: readonly string[], io: Output): Promi
   const { values } = parseArgs({
     args: [...args],
     options: {
-      ...MACHINE_OPTIONS, connect: { type: "string" }, interval: { type: "string", default: "25" }, compress: { type: "boolean", default: false },
-      digests: { type: "boolean", default: false },
+      ...GUEST_OPTIONS, connect: { type: "string" }, interval: { type: "string", default: "25" }, compress: { type: "boolean", default: false },
+      digests: { type: "boolean", default: false }, "disk-digests": { type: "boolean", default: false },
     },
   });
   if (!values.connect) throw new TandemError(ErrorCode.BadArgument, "primary needs --connect PORT|HOST:PORT|PATH (where `tandem secondary --listen` runs)");
-  const machine = machineFrom(values);
+  const guest = await guestFrom(values);
+  const machine = guest.machine;
   const transport = await connect(parseAddress(values.connect));
   const controller = new AbortController();
   const stop = () => controller.abort("interrupted");
@@ -84,12 +68,17 @@ export async function primaryCommand(args: readonly string[], io: Output): Promi
   process.once("SIGTERM", stop);
   const status = statusLine();
   const window: { at: number; bytes: number }[] = [];
+  let suspendedDisks: Uint8Array[] = [];
   const op = replicate(machine, transport, {
     intervalMs: Number(values.interval),
     compression: values.compress,
     release: printer(io, values.json),
     // For a supervisor that checks a standby byte for byte: the state at each checkpoint, hashed.
-    onSuspended: values.digests ? (checkpoint) => io.out(JSON.stringify({ type: "suspended", checkpoint, digest: stateDigest(machine) })) : undefined,
+    // Or just its disks: copied while paused (cheap), hashed once the guest runs again, and
+    // printed before that checkpoint is sent, so a standby never holds one whose digest is unsaid.
+    onSuspended: values.digests ? (checkpoint) => io.out(JSON.stringify({ type: "suspended", checkpoint, digest: stateDigest(machine, { devices: guest.stableDevices }) }))
+      : values["disk-digests"] ? () => void (suspendedDisks = machine.disks.map((disk) => disk.read(0, disk.size))) : undefined,
+    onResumed: values["disk-digests"] ? (checkpoint) => io.out(JSON.stringify({ type: "disks", checkpoint, digest: disksDigest(suspendedDisks) })) : undefined,
     onCommitted: (s) => {
       if (values.json) io.out(JSON.stringify({ type: "checkpoint", ...s }));
       const now = performance.now();
@@ -108,15 +97,16 @@ export async function primaryCommand(args: readonly string[], io: Output): Promi
     if (error instanceof TandemError && error.code === ErrorCode.Aborted) return 0;
     throw error;
   } finally {
-    machine.pause();
+    await guest.close();
   }
 }
 
 /** Accepts one primary, stands by, and after a takeover runs the machine until interrupted. */
 export async function secondaryCommand(args: readonly string[], io: Output): Promise<number> {
-  const { values } = parseArgs({ args: [...args], options: { ...MACHINE_OPTIONS, listen: { type: "string" }, heartbeat: { type: "string", default: "500" } } });
+  const { values } = parseArgs({ args: [...args], options: { ...GUEST_OPTIONS, listen: { type: "string" }, heartbeat: { type: "string", default: "500" } } });
   if (!values.listen) throw new TandemError(ErrorCode.BadArgument, "secondary needs --listen PORT|HOST:PORT|PATH");
-  const machine = machineFrom(values);
+  const guest = await guestFrom(values);
+  const machine = guest.machine;
   let accept!: (t: SocketTransport) => void;
   const accepted = new Promise<SocketTransport>((resolve) => (accept = resolve));
   const server = await listen(parseAddress(values.listen), (t) => accept(t));
@@ -129,12 +119,13 @@ export async function secondaryCommand(args: readonly string[], io: Output): Pro
   const result = await op.promise;
   status("");
   if (values.json) io.out(JSON.stringify({ type: result.outcome, ...result }));
-  if (result.outcome !== "takeover") return 0;
-  await new Promise<void>((resolve) => {
-    process.once("SIGINT", resolve);
-    process.once("SIGTERM", resolve);
-  });
-  machine.pause();
+  if (result.outcome === "takeover") {
+    await new Promise<void>((resolve) => {
+      process.once("SIGINT", resolve);
+      process.once("SIGTERM", resolve);
+    });
+  }
+  await guest.close();
   return 0;
 }
 
@@ -142,15 +133,16 @@ export async function secondaryCommand(args: readonly string[], io: Output): Pro
 export async function migrateCommand(args: readonly string[], io: Output): Promise<number> {
   const { values } = parseArgs({
     args: [...args],
-    options: { ...MACHINE_OPTIONS, connect: { type: "string" }, run: { type: "string", default: "1" }, "max-downtime": { type: "string", default: "30" } },
+    options: { ...GUEST_OPTIONS, connect: { type: "string" }, run: { type: "string", default: "1" }, "max-downtime": { type: "string", default: "30" } },
   });
   if (!values.connect) throw new TandemError(ErrorCode.BadArgument, "migrate needs --connect PORT|HOST:PORT|PATH (where `tandem secondary --listen` runs)");
-  const machine = machineFrom(values);
+  const guest = await guestFrom(values);
+  const machine = guest.machine;
   await runFor(machine, values.run);
   const status = statusLine();
   const op = migrate(machine, await connect(parseAddress(values.connect)), { maxDowntimeMs: Number(values["max-downtime"]), release: printer(io, values.json) });
   op.onProgress((p) => status(`${p.phase}: round ${p.iterations}, ${p.pages} pages, ${(p.bytes / 1e6).toFixed(1)} MB`));
-  const result = await op.promise;
+  const result = await op.promise.finally(() => guest.close());
   status("");
   io.out(values.json ? JSON.stringify({ type: "migrated", ...result })
     : `migrated in ${result.totalMs.toFixed(0)} ms (${result.iterations} rounds, ${result.converged ? "converged" : "stopped at the limit"}), downtime ${result.downtimeMs.toFixed(1)} ms`);
@@ -159,33 +151,39 @@ export async function migrateCommand(args: readonly string[], io: Output): Promi
 
 /** Runs the guest for --run seconds, then saves it to FILE. */
 export async function saveCommand(args: readonly string[], io: Output): Promise<number> {
-  const { values, positionals } = parseArgs({ args: [...args], allowPositionals: true, options: { ...MACHINE_OPTIONS, run: { type: "string", default: "1" } } });
+  const { values, positionals } = parseArgs({ args: [...args], allowPositionals: true, options: { ...GUEST_OPTIONS, run: { type: "string", default: "1" } } });
   if (positionals.length !== 1) throw new TandemError(ErrorCode.BadArgument, "save needs one FILE");
-  const machine = machineFrom(values);
+  const guest = await guestFrom(values);
+  const machine = guest.machine;
+  const log = new CounterLog();
+  machine.onOutput((o) => log.see(new TextDecoder().decode(o.data)));
   await runFor(machine, values.run);
-  const result = await save(machine, positionals[0], { stop: true }).promise;
-  io.out(values.json ? JSON.stringify({ type: "saved", counter: machine.counter, ...result })
-    : `saved at counter ${machine.counter}: ${result.bytes} bytes (${result.zeroPages} of ${result.pages} pages zero), paused ${result.pauseMs.toFixed(1)} ms`);
+  const result = await save(machine, positionals[0], { stop: true }).promise.finally(() => guest.close());
+  io.out(values.json ? JSON.stringify({ type: "saved", counter: log.last, ...result })
+    : `saved at counter ${log.last}: ${result.bytes} bytes (${result.zeroPages} of ${result.pages} pages zero), paused ${result.pauseMs.toFixed(1)} ms`);
   return 0;
 }
 
 /** Restores the guest from FILE and runs it for --run seconds, printing its output. */
 export async function restoreCommand(args: readonly string[], io: Output): Promise<number> {
-  const { values, positionals } = parseArgs({ args: [...args], allowPositionals: true, options: { ...MACHINE_OPTIONS, run: { type: "string", default: "1" } } });
+  const { values, positionals } = parseArgs({ args: [...args], allowPositionals: true, options: { ...GUEST_OPTIONS, run: { type: "string", default: "1" } } });
   if (positionals.length !== 1) throw new TandemError(ErrorCode.BadArgument, "restore needs one FILE");
-  const machine = machineFrom(values);
-  let first: number | undefined;
+  const guest = await guestFrom(values);
+  const machine = guest.machine;
+  const log = new CounterLog();
   machine.onOutput((o) => {
     const text = new TextDecoder().decode(o.data);
-    first ??= Number(/counter (\d+)/.exec(text)?.[1]);
+    log.see(text);
     if (!values.json) io.out(text.replace(/\n$/, ""));
   });
-  const restored = machine.counter;
-  await restore(machine, positionals[0], { resume: false }).promise;
-  const at = machine.counter;
-  await runFor(machine, values.run);
-  machine.pause();
-  io.out(values.json ? JSON.stringify({ type: "restored", counter: at, firstOutput: first ?? null, diskErrors: machine.diskErrors })
-    : `restored at counter ${at} (was ${restored}); ran on to ${machine.counter}, ${machine.diskErrors} disk errors`);
-  return machine.diskErrors === 0 ? 0 : 1;
+  try {
+    await restore(machine, positionals[0], { resume: false }).promise;
+    await runFor(machine, values.run);
+  } finally {
+    await guest.close();
+  }
+  const first = log.counters[0] ?? null;
+  io.out(values.json ? JSON.stringify({ type: "restored", firstOutput: first, last: log.last, diskErrors: log.diskErrors })
+    : `restored; the guest went on from counter ${first} to ${log.last}, ${log.diskErrors} disk errors`);
+  return log.diskErrors === 0 && first !== null ? 0 : 1;
 }

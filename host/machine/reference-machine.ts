@@ -7,7 +7,8 @@
  * - writes the counter into `dirtyPages` pages chosen at random, marked in its bitmap dirty log;
  * - prints `counter N` on serial0;
  * - every `diskEvery` steps writes a 512-byte sector stamped with the counter and re-reads an
- *   earlier one, checking its stamp: a disk that lost or tore a write shows up as `diskErrors`.
+ *   earlier one, checking its stamp: a disk that lost or tore a write shows up as `diskErrors`,
+ *   and as a line `disk errors N` (as the built-in v86 guest, guest/counter, prints it).
  *
  * While running it takes `stepsPerTick` steps every `tickMs` milliseconds.
  */
@@ -17,6 +18,7 @@ import { BitmapDirtyLog } from "../memory/bitmap-dirty-log.ts";
 import { GuestMemory, PAGE_SIZE } from "../memory/guest-memory.ts";
 import { WASM_PAGE_SIZE } from "../wasm/heap.ts";
 import type { Machine, MachineDisk, MachineOutput } from "./machine.ts";
+import { MemoryDisk } from "./memory-disk.ts";
 
 /** Options of a {@link ReferenceMachine}; every machine of a replicated pair must use the same. */
 export interface ReferenceMachineOptions {
@@ -45,30 +47,6 @@ const S_COUNTER = 8; // f64: counts past 2^32 on a long run
 const S_RANDOM = 16; // u32: the workload generator's state
 const S_DISK_ERRORS = 20; // u32
 const STATE_SIZE = 24;
-
-/** An in-memory disk. */
-class MemoryDisk implements MachineDisk {
-  readonly bytes: Uint8Array;
-  constructor(size: number) {
-    this.bytes = new Uint8Array(size);
-  }
-  get size(): number {
-    return this.bytes.length;
-  }
-  read(offset: number, length: number): Uint8Array {
-    this.#check(offset, length);
-    return this.bytes.slice(offset, offset + length);
-  }
-  write(offset: number, data: Uint8Array): void {
-    this.#check(offset, data.length);
-    this.bytes.set(data, offset);
-  }
-  #check(offset: number, length: number): void {
-    if (!Number.isInteger(offset) || !Number.isInteger(length) || offset < 0 || length < 0 || offset + length > this.bytes.length) {
-      throw new TandemError(ErrorCode.OutOfRange, `disk access of ${length} bytes at ${offset} is outside its ${this.bytes.length} bytes`);
-    }
-  }
-}
 
 /** The built-in deterministic guest. */
 export class ReferenceMachine implements Machine {
@@ -211,7 +189,10 @@ export class ReferenceMachine implements Machine {
     if (round < 2) return;
     const previous = (round - 1) % sectors;
     const back = new DataView(this.#disk.read(previous * SECTOR, SECTOR).buffer);
-    if (back.getUint32(0, true) !== previous || back.getFloat64(8, true) !== counter - this.#diskEvery) this.#diskErrors++;
+    if (back.getUint32(0, true) !== previous || back.getFloat64(8, true) !== counter - this.#diskEvery) {
+      this.#diskErrors++;
+      this.#output({ channel: "serial0", data: new TextEncoder().encode(`disk errors ${this.#diskErrors}\n`) });
+    }
   }
 
   /** xorshift32: the workload's generator, part of the device state. */

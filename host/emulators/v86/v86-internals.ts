@@ -1,0 +1,115 @@
+/**
+ * Every use tandem makes of v86 beyond its public API, in one place. v86 has no API for guest
+ * RAM in place or for a state without RAM, so the adapter reaches into the instance; these
+ * names are stable in v86's release build (Closure keeps them) but not promised, so the exact
+ * version is pinned in package.json and {@link checkV86Internals} fails loudly, naming what
+ * changed, when an upgrade moves any of them. Facts: ../shared/reference/ecosystem.md section 1.
+ *
+ * Used internals (copy/v86, src/main.js and src/cpu.js):
+ * - `emulator.v86`: the machine; `.stop()` / `.run()` are synchronous there (the starter's
+ *   versions are async and wait for an event), `.save_state()` / `.restore_state()` too.
+ * - `emulator.v86.cpu.wasm_memory`: v86's own exported WebAssembly.Memory; the guest RAM is
+ *   `cpu.mem8` (a view whose `byteOffset` is where RAM starts), `cpu.memory_size[0]` bytes.
+ * - `cpu.pack_memory()` / `cpu.unpack_memory()`: how save_state and restore_state carry RAM;
+ *   replaced per call to leave RAM out (tandem's checkpoints carry it).
+ */
+
+import { ErrorCode, TandemError } from "../../errors.ts";
+
+/** The v86 version the internals below were read from; package.json pins it exactly. */
+export const V86_VERSION = "0.5.462";
+
+/** The part of a v86 CPU tandem touches. */
+export interface V86Cpu {
+  wasm_memory: WebAssembly.Memory;
+  mem8: Uint8Array;
+  memory_size: Int32Array | Uint32Array;
+  pack_memory(): { bitmap: { get_buffer(): ArrayBuffer }; packed_memory: Uint8Array };
+  unpack_memory(bitmap: unknown, packed: Uint8Array): void;
+}
+
+/** The part of v86's inner machine (`emulator.v86`) tandem touches. */
+export interface V86Core {
+  cpu: V86Cpu;
+  running: boolean;
+  stop(): void;
+  run(): void;
+  save_state(): ArrayBuffer;
+  restore_state(state: ArrayBuffer): void;
+}
+
+/** Where a v86 guest's RAM lives. */
+export interface V86Ram {
+  memory: WebAssembly.Memory;
+  offset: number;
+  size: number;
+}
+
+/** The inner machine of a V86 instance, after checking every internal tandem uses. */
+export function checkV86Internals(emulator: object): V86Core {
+  const problems: string[] = [];
+  const core = (emulator as { v86?: Partial<V86Core> }).v86;
+  if (!core || typeof core !== "object") {
+    problems.push("emulator.v86 is missing");
+  } else {
+    for (const name of ["stop", "run", "save_state", "restore_state"] as const) {
+      if (typeof core[name] !== "function") problems.push(`emulator.v86.${name}() is missing`);
+    }
+    if (typeof core.running !== "boolean") problems.push("emulator.v86.running is not a boolean");
+    const cpu = core.cpu as Partial<V86Cpu> | undefined;
+    if (!cpu || typeof cpu !== "object") {
+      problems.push("emulator.v86.cpu is missing");
+    } else {
+      if (!(cpu.wasm_memory instanceof WebAssembly.Memory)) problems.push("cpu.wasm_memory is not a WebAssembly.Memory");
+      if (typeof cpu.pack_memory !== "function") problems.push("cpu.pack_memory() is missing");
+      if (typeof cpu.unpack_memory !== "function") problems.push("cpu.unpack_memory() is missing");
+      const size = cpu.memory_size?.[0];
+      if (typeof size !== "number" || size <= 0) problems.push("cpu.memory_size[0] is not the RAM size");
+      const mem8 = cpu.mem8;
+      if (!mem8 || typeof mem8.byteOffset !== "number" || mem8.length !== size) problems.push("cpu.mem8 is not a view of the RAM");
+      else if (cpu.wasm_memory instanceof WebAssembly.Memory && mem8.byteOffset + mem8.length > cpu.wasm_memory.buffer.byteLength) {
+        problems.push("cpu.mem8 does not lie inside cpu.wasm_memory");
+      }
+    }
+  }
+  if (problems.length > 0) {
+    throw new TandemError(ErrorCode.EmulatorChanged,
+      `this v86 build does not have the internals tandem's adapter uses (written for v86 ${V86_VERSION}): ${problems.join("; ")}`);
+  }
+  return core as V86Core;
+}
+
+/** Where the guest's RAM is in v86's memory: scanned there by tandem's kernels, never copied. */
+export function v86Ram(core: V86Core): V86Ram {
+  const cpu = core.cpu;
+  return { memory: cpu.wasm_memory, offset: cpu.mem8.byteOffset, size: cpu.memory_size[0] };
+}
+
+/** v86's save_state with the RAM left out: registers and devices only. The guest must be stopped. */
+export function saveDeviceState(core: V86Core): Uint8Array {
+  const cpu = core.cpu;
+  const ownPack = cpu.pack_memory;
+  // A state whose RAM bitmap is empty: restore_state would read no page from it.
+  cpu.pack_memory = () => ({ bitmap: { get_buffer: () => new ArrayBuffer(0) }, packed_memory: new Uint8Array(0) });
+  try {
+    return new Uint8Array(core.save_state());
+  } finally {
+    cpu.pack_memory = ownPack;
+  }
+}
+
+/** Restores a state from {@link saveDeviceState}, leaving the RAM as it is. The guest must be stopped. */
+export function restoreDeviceState(core: V86Core, state: Uint8Array): void {
+  const cpu = core.cpu;
+  const ownUnpack = cpu.unpack_memory;
+  cpu.unpack_memory = () => {}; // its default zeroes RAM first
+  try {
+    // restore_state also drops compiled code and the TLB, so RAM written by tandem is seen fresh.
+    // v86 reads the whole ArrayBuffer; a view into a larger one (a Node Buffer, whose slice() is
+    // a view too) is copied out.
+    const whole = state.byteOffset === 0 && state.byteLength === state.buffer.byteLength && state.buffer instanceof ArrayBuffer;
+    core.restore_state(whole ? state.buffer as ArrayBuffer : Uint8Array.prototype.slice.call(state).buffer);
+  } finally {
+    cpu.unpack_memory = ownUnpack;
+  }
+}

@@ -1,0 +1,169 @@
+/**
+ * A v86 instance as a tandem {@link Machine}: the adapter that lets the replication engine
+ * checkpoint, replicate and migrate a real x86 PC emulator (docs/embedding.md walks through it).
+ *
+ * - RAM is v86's own WebAssembly.Memory, scanned in place by tandem's kernels (which import that
+ *   memory); v86 cannot report writes, so the engine finds them with a detecting dirty log.
+ * - Device state is v86's save_state without the RAM (v86-internals.ts).
+ * - Serial output is cut into lines and handed to the engine, which holds it until the
+ *   checkpoint of the epoch that printed it commits.
+ * - The hard disk is a tandem disk (v86-disk.ts); guest writes travel in checkpoints.
+ *
+ * A standby must be built with the same options as its primary: v86 restores state only into an
+ * identically configured instance.
+ */
+
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { V86, type V86Options } from "v86";
+import { ErrorCode, TandemError } from "../../errors.ts";
+import type { BitmapDirtyLog } from "../../memory/bitmap-dirty-log.ts";
+import { GuestMemory } from "../../memory/guest-memory.ts";
+import type { Machine, MachineDisk, MachineOutput } from "../../machine/machine.ts";
+import { MemoryDisk } from "../../machine/memory-disk.ts";
+import { V86Disk } from "./v86-disk.ts";
+import { checkV86Internals, restoreDeviceState, saveDeviceState, v86Ram, type V86Core } from "./v86-internals.ts";
+
+/** Options of a {@link V86Machine}; a standby must use the same as its primary. */
+export interface V86MachineOptions {
+  /** Guest RAM in bytes, a multiple of 1 MiB. Default 32 MiB. */
+  memoryBytes?: number;
+  /** A multiboot kernel to boot (no BIOS needed). Default: tandem's built-in guest. */
+  multiboot?: Uint8Array;
+  /** The kernel's command line, e.g. "hz=20 dirty=16" for the built-in guest. */
+  cmdline?: string;
+  /** The hard disk (hda); null for none. Default: a zeroed 1 MiB disk in memory. */
+  disk?: MachineDisk | null;
+  /** VGA memory in bytes; it is part of every device state, so keep it small. Default 256 KiB. */
+  vgaMemoryBytes?: number;
+}
+
+/** The built-in guest (guest/counter): counts on serial0, dirties RAM, stamps disk sectors. */
+export function builtInGuest(): Uint8Array {
+  return new Uint8Array(readFileSync(new URL("../../../guest/counter/counter.bin", import.meta.url)));
+}
+
+/** v86's Wasm module, next to its JavaScript: v86 cannot find it by itself when loaded as ESM. */
+function v86WasmPath(): string {
+  return fileURLToPath(new URL("v86.wasm", import.meta.resolve("v86")));
+}
+
+const MIB = 1 << 20;
+const STARTUP_TIMEOUT_MS = 30_000;
+const NEWLINE = 10;
+
+/** A v86 PC as a replicable machine. */
+export class V86Machine implements Machine {
+  readonly memory: readonly GuestMemory[];
+  readonly dirtyLogs: readonly (BitmapDirtyLog | undefined)[] = [undefined];
+  readonly disks: readonly MachineDisk[];
+  /** The emulator, for anything tandem does not cover (screen, keyboard, more listeners). */
+  readonly emulator: V86;
+  readonly #core: V86Core;
+  #running = false;
+  #destroyed = false;
+  #line: number[] = [];
+  #output: (output: MachineOutput) => void = () => {};
+  #diskWrite: (disk: number, offset: number, data: Uint8Array) => void = () => {};
+
+  private constructor(emulator: V86, core: V86Core, disk: MachineDisk | null) {
+    this.emulator = emulator;
+    this.#core = core;
+    const ram = v86Ram(core);
+    this.memory = [new GuestMemory(ram.memory, { offset: ram.offset, size: ram.size })];
+    this.disks = disk ? [disk] : [];
+    emulator.add_listener("serial0-output-byte", (byte: number) => this.#serial(byte));
+  }
+
+  /** Builds a v86 instance, stopped before its first instruction; `resume()` starts the guest. */
+  static async create(options: V86MachineOptions = {}): Promise<V86Machine> {
+    const memoryBytes = options.memoryBytes ?? 32 * MIB;
+    if (!Number.isInteger(memoryBytes) || memoryBytes < 4 * MIB || memoryBytes % MIB !== 0 || memoryBytes > 3072 * MIB) {
+      throw new TandemError(ErrorCode.BadArgument, `memoryBytes ${memoryBytes}: a whole number of MiB from 4 to 3072`);
+    }
+    const disk = options.disk === undefined ? new MemoryDisk(MIB) : options.disk;
+    // Guest writes reach the machine once it exists; none can happen before (the guest is stopped).
+    let diskWritten: (offset: number, data: Uint8Array) => void = () => {};
+    const v86Options: V86Options = {
+      wasm_path: v86WasmPath(),
+      multiboot: { buffer: (options.multiboot ?? builtInGuest()).slice().buffer },
+      memory_size: memoryBytes,
+      vga_memory_size: options.vgaMemoryBytes ?? 256 * 1024,
+      autostart: false,
+      disable_speaker: true,
+      disable_keyboard: true,
+      disable_mouse: true,
+    };
+    if (options.cmdline) v86Options.cmdline = options.cmdline;
+    // v86 takes any object with its loadable's methods as a disk; its typings only name images.
+    if (disk) v86Options.hda = new V86Disk(disk, (offset, data) => diskWritten(offset, data)) as unknown as V86Options["hda"];
+    const emulator = new V86(v86Options);
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new TandemError(ErrorCode.EmulatorStart, `v86 did not load within ${STARTUP_TIMEOUT_MS} ms`)), STARTUP_TIMEOUT_MS);
+      emulator.add_listener("emulator-loaded", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    const machine = new V86Machine(emulator, checkV86Internals(emulator), disk);
+    diskWritten = (offset, data) => machine.#diskWrite(0, offset, data);
+    return machine;
+  }
+
+  get running(): boolean {
+    return this.#running;
+  }
+
+  /**
+   * Stops the guest at once: v86 runs guest code only inside its own event-loop ticks, and a tick
+   * that finds the stop flag set runs nothing. A partial output line ends its epoch here.
+   */
+  pause(): void {
+    this.#core.stop();
+    this.#running = false;
+    this.#flushLine();
+  }
+
+  resume(): void {
+    if (this.#destroyed) throw new TandemError(ErrorCode.InvalidState, "this v86 machine was destroyed");
+    if (this.#running) return;
+    this.#running = true;
+    this.#core.run();
+  }
+
+  saveDevices(): Uint8Array {
+    return saveDeviceState(this.#core);
+  }
+
+  restoreDevices(state: Uint8Array): void {
+    restoreDeviceState(this.#core, state);
+  }
+
+  onOutput(sink: (output: MachineOutput) => void): void {
+    this.#output = sink;
+  }
+
+  onDiskWrite(sink: (disk: number, offset: number, data: Uint8Array) => void): void {
+    this.#diskWrite = sink;
+  }
+
+  /** Stops the emulator for good and frees its timers; the machine cannot run again. */
+  async destroy(): Promise<void> {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    this.pause();
+    await this.emulator.destroy();
+  }
+
+  #serial(byte: number): void {
+    this.#line.push(byte);
+    if (byte === NEWLINE) this.#flushLine();
+  }
+
+  #flushLine(): void {
+    if (this.#line.length === 0) return;
+    const data = Uint8Array.from(this.#line);
+    this.#line = [];
+    this.#output({ channel: "serial0", data });
+  }
+}
