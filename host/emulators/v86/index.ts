@@ -1,0 +1,7 @@
+/**
+ * The v86 adapter, as the package's `tandem/v86` entry point (kept apart from the main entry so
+ * that importing tandem does not load v86). docs/embedding.md walks through it.
+ */
+
+export { V86Machine, builtInGuest, type V86MachineOptions } from "./v86-machine.ts";
+export { V86_VERSION, checkV86Internals } from "./v86-internals.ts";
