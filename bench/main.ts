@@ -8,12 +8,14 @@ import { runtimeName } from "../host/runtime/runtime.ts";
 import { runMemorySuite, type Progress } from "./memory.ts";
 import { runProtocolSuite } from "./protocol.ts";
 import { runReplicationSuite } from "./replication.ts";
+import { runV86Suite } from "./v86.ts";
 
 type Metrics = Record<string, number>;
 const SUITES: Record<string, (progress: Progress) => Metrics | Promise<Metrics>> = {
   memory: runMemorySuite,
   protocol: runProtocolSuite,
   replication: runReplicationSuite,
+  v86: runV86Suite,
 };
 
 const args = process.argv.slice(2);

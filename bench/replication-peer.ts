@@ -1,15 +1,34 @@
 /**
- * The standby of the replication bench, in its own process:
- *   replication-peer.ts <memory MiB> <dirty pages per step>
+ * The standby of the replication benches, in its own process:
+ *   replication-peer.ts <memory MiB> <dirty pages per step>      a reference machine
+ *   replication-peer.ts v86 <memory MiB> <cmdline>               a v86 machine (built-in guest)
  * Prints `PORT <n>` when listening, then one JSON line with the standby's result, and exits.
+ * The v86 standby is built with the primary's options (memory and command line, default disk),
+ * as v86 requires; it is destroyed before the process exits.
  */
 
+import { V86Machine } from "../host/emulators/v86/v86-machine.ts";
+import type { Machine } from "../host/machine/machine.ts";
 import { ReferenceMachine } from "../host/machine/reference-machine.ts";
 import { listen, type SocketTransport } from "../host/protocol/socket-transport.ts";
 import { standby } from "../host/replication/secondary.ts";
 
-const [mib, dirty] = process.argv.slice(2).map(Number);
-const machine = new ReferenceMachine({ memoryBytes: mib << 20, dirtyPages: dirty, stepsPerTick: 0 });
+const argv = process.argv.slice(2);
+let machine: Machine;
+let heartbeatTimeoutMs = 1000;
+let dispose = async () => {};
+if (argv[0] === "v86") {
+  const v86 = await V86Machine.create({ memoryBytes: Number(argv[1]) << 20, cmdline: argv[2] });
+  machine = v86;
+  dispose = () => v86.destroy();
+  // The v86 bench pauses the primary between checkpoints to time save_state: not a death.
+  heartbeatTimeoutMs = 10_000;
+} else {
+  const [mib, dirty] = argv.map(Number);
+  const reference = new ReferenceMachine({ memoryBytes: mib << 20, dirtyPages: dirty, stepsPerTick: 0 });
+  machine = reference;
+  dispose = async () => reference.pause();
+}
 let accept!: (t: SocketTransport) => void;
 const accepted = new Promise<SocketTransport>((resolve) => (accept = resolve));
 const server = await listen({ port: 0 }, (t) => accept(t));
@@ -17,10 +36,10 @@ console.log(`PORT ${"port" in server.address ? server.address.port : 0}`);
 const transport = await accepted;
 void server.close();
 try {
-  const result = await standby(machine, transport, { heartbeatTimeoutMs: 1000 }).promise;
+  const result = await standby(machine, transport, { heartbeatTimeoutMs }).promise;
   console.log(JSON.stringify(result));
 } catch (error) {
   console.log(JSON.stringify({ error: (error as Error).message }));
 }
-machine.pause();
+await dispose();
 process.exit(0);

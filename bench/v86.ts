@@ -1,0 +1,266 @@
+/**
+ * `npm run bench -- v86`: how long a real x86 emulator (v86, running tandem's built-in guest
+ * guest/counter) stands still per replication checkpoint, against v86's own full save_state.
+ *
+ * For 64 MiB and 128 MiB of RAM: a V86Machine boots the guest with `hz=50 dirty=N`, N being
+ * 0.1% of the RAM's pages (it writes N pages per tick, 50 ticks a second). Once it prints its
+ * first counter it is paused and the host writes a pseudo-random pattern (distinct per page,
+ * never a zero page) over all of its RAM from 0x106000 up (the whole range the guest's dirty walk
+ * covers; below it are the kernel image and the low megabyte, left as they are) with
+ * emulator.write_memory, then resumed: what a long-running guest whose RAM is all in use looks
+ * like to save_state, which copies every non-zero page. The guest then replicates through the
+ * real engine (`replicate()`, every 500 ms) to a standby V86Machine with the same options in
+ * another process (replication-peer.ts v86) over TCP loopback.
+ *
+ * Rounds (64), after 8 warm-up ones (the first checkpoint carries all of RAM): one checkpoint, then
+ * 10 ms after its ACK, with the guest running, two samples in alternating order:
+ * - save_state: pause, `await emulator.save_state()` (v86 does it synchronously), resume;
+ * - breakdown: pause, collect of a detecting dirty log of the bench's own over the whole RAM
+ *   (the scan replication's capture does for v86, which cannot report writes; it sees the
+ *   changes since its previous round, as the checkpoint does), saveDevices, resume.
+ * pause_ms is CheckpointStats.pauseMs: pause, capture of the dirty pages into the stream
+ * writer (scan, zero-page check, copy), device state, disk writes, outputs, resume.
+ * checkpoint_vs_save_state is the median save_state over the median pause, same machine, same
+ * rounds (128 MiB; the _64mib one too). Also reported: dirty pages and stream bytes per
+ * checkpoint, device-state bytes, save_state bytes, and the scan's rate over RAM. The samples
+ * between checkpoints stop the guest too, so it runs for less than the interval before the next
+ * checkpoint (more so at 128 MiB, where save_state is slower): dirty pages per checkpoint vary
+ * between sizes and runs, and are reported as measured.
+ * The guest's serial output is checked: counters keep coming, no disk error, no exception.
+ */
+
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { V86Machine } from "../host/emulators/v86/v86-machine.ts";
+import { DetectingDirtyLog } from "../host/memory/detecting-dirty-log.ts";
+import { PAGE_SIZE } from "../host/memory/guest-memory.ts";
+import { seededRandom } from "../host/prng.ts";
+import { connect } from "../host/protocol/socket-transport.ts";
+import { replicate } from "../host/replication/primary.ts";
+import { selfCommand } from "../host/runtime/self-command.ts";
+import type { Progress } from "./memory.ts";
+import { median } from "./timing.ts";
+
+const MIB = 1 << 20;
+const HZ = 50;
+const DIRTY_FRACTION = 0.001;
+const INTERVAL_MS = 500;
+const SIDE_DELAY_MS = 10;
+const WARMUP = 8;
+const MEASURED = 64;
+/** The first page of the guest's dirty walk (guest/counter/README.md). */
+const FILL_START = 0x106000;
+const BOOT_TIMEOUT_MS = 30_000;
+
+/** A v86 standby in its own process; its port and its result. */
+async function peer(mib: number, cmdline: string) {
+  const [command, ...args] = selfCommand(fileURLToPath(new URL("./replication-peer.ts", import.meta.url)), ["v86", String(mib), cmdline]);
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "inherit"] });
+  const lines: string[] = [];
+  let text = "";
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout!.on("data", (chunk: Uint8Array) => {
+      text += new TextDecoder().decode(chunk);
+      const parts = text.split("\n");
+      text = parts.pop()!;
+      for (const line of parts) {
+        const match = /^PORT (\d+)$/.exec(line);
+        if (match) resolve(Number(match[1]));
+        else lines.push(line);
+      }
+    });
+    child.once("exit", (code) => reject(new Error(`the v86 standby exited (${code}) before listening`)));
+  });
+  const result = async () => {
+    await exited;
+    const r = JSON.parse(lines.find((l) => l.startsWith("{")) ?? "{}") as { outcome?: string; checkpoint?: number; error?: string };
+    if (r.error) throw new Error(`v86 bench: the standby failed: ${r.error}`);
+    return r;
+  };
+  return { port, result, kill: () => child.kill() };
+}
+
+/** Writes a pseudo-random pattern, distinct per page and never all zero, over RAM from FILL_START up. */
+function fillRam(machine: V86Machine, memoryBytes: number): void {
+  const random = seededRandom(86);
+  const base = new Uint32Array(MIB / 4);
+  for (let i = 0; i < base.length; i++) base[i] = (random() * 2 ** 32) >>> 0;
+  const chunk = new Uint32Array(MIB / 4);
+  for (let at = FILL_START; at < memoryBytes; at += MIB) {
+    const length = Math.min(MIB, memoryBytes - at);
+    chunk.set(base);
+    for (let page = 0; page < length / PAGE_SIZE; page++) chunk[page * (PAGE_SIZE / 4)] = (at / PAGE_SIZE + page) | 0x80000000;
+    machine.emulator.write_memory(new Uint8Array(chunk.buffer, 0, length), at);
+  }
+}
+
+/** Resolves when the guest has printed its first counter line. */
+function booted(machine: V86Machine): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`v86 bench: the guest printed no counter within ${BOOT_TIMEOUT_MS} ms`)), BOOT_TIMEOUT_MS);
+    machine.onOutput((o) => {
+      if (new TextDecoder().decode(o.data).startsWith("counter ")) {
+        clearTimeout(timer);
+        machine.onOutput(() => {});
+        resolve();
+      }
+    });
+  });
+}
+
+interface SizeResult {
+  pauseP50: number;
+  pauseP99: number;
+  saveStateP50: number;
+  scanP50: number;
+  devicesP50: number;
+  dirtyPages: number;
+  checkpointBytes: number;
+  deviceBytes: number;
+  saveStateBytes: number;
+}
+
+async function size(mib: number, progress: Progress): Promise<SizeResult> {
+  const memoryBytes = mib * MIB;
+  const dirty = Math.max(1, Math.round((memoryBytes / PAGE_SIZE) * DIRTY_FRACTION));
+  const cmdline = `hz=${HZ} dirty=${dirty}`;
+  progress(`${mib} MiB: starting the standby and the primary`);
+  const standby = await peer(mib, cmdline);
+  let machine: V86Machine | undefined;
+  try {
+    machine = await V86Machine.create({ memoryBytes, cmdline });
+    const m = machine;
+    const up = booted(m);
+    m.resume();
+    await up;
+    m.pause();
+    fillRam(m, memoryBytes);
+    // The bench's own scanner, for the breakdown; primed (its first collect is all of RAM).
+    const scanner = new DetectingDirtyLog(m.memory[0]);
+    scanner.arm();
+    scanner.collect();
+    m.resume();
+
+    const transport = await connect({ port: standby.port });
+    const pauses: number[] = [];
+    const saves: number[] = [];
+    const scans: number[] = [];
+    const devices: number[] = [];
+    const pages: number[] = [];
+    const bytes: number[] = [];
+    let deviceBytes = 0;
+    let saveStateBytes = 0;
+    const serial: string[] = [];
+    let done!: () => void;
+    let failed!: (error: Error) => void;
+    const finished = new Promise<void>((resolve, reject) => ((done = resolve), (failed = reject)));
+
+    const timeSaveState = async () => {
+      const start = performance.now();
+      m.pause();
+      const state = await m.emulator.save_state(); // synchronous inside v86: no other task runs meanwhile
+      m.resume();
+      return { ms: performance.now() - start, bytes: state.byteLength };
+    };
+    const timeBreakdown = () => {
+      m.pause();
+      const start = performance.now();
+      scanner.collect();
+      const scanned = performance.now();
+      const state = m.saveDevices();
+      const end = performance.now();
+      m.resume();
+      return { scanMs: scanned - start, devicesMs: end - scanned, bytes: state.length };
+    };
+    const side = async (round: number) => {
+      if (!m.running) return; // throttled or stopping: nothing to compare with
+      const measured = round > WARMUP;
+      for (const which of round % 2 === 0 ? ["save", "breakdown"] : ["breakdown", "save"]) {
+        if (which === "save") {
+          const s = await timeSaveState();
+          if (measured) saves.push(s.ms);
+          saveStateBytes = s.bytes;
+        } else {
+          const b = timeBreakdown();
+          if (measured) {
+            scans.push(b.scanMs);
+            devices.push(b.devicesMs);
+          }
+          deviceBytes = b.bytes;
+        }
+      }
+      if (round === WARMUP + MEASURED) done();
+    };
+
+    const op = replicate(m, transport, {
+      intervalMs: INTERVAL_MS,
+      release: (o) => void serial.push(new TextDecoder().decode(o.data)),
+      onCommitted: (s) => {
+        if (s.checkpoint > WARMUP && s.checkpoint <= WARMUP + MEASURED) {
+          pauses.push(s.pauseMs);
+          pages.push(s.pages);
+          bytes.push(s.bytes);
+        }
+        progress(`${mib} MiB: checkpoint ${s.checkpoint}/${WARMUP + MEASURED}`);
+        if (s.checkpoint <= WARMUP + MEASURED) setTimeout(() => void side(s.checkpoint).catch(failed), SIDE_DELAY_MS);
+      },
+    });
+    op.promise.catch((error: Error) => failed(error));
+    try {
+      await finished;
+    } finally {
+      op.abort("the bench is done");
+      await op.promise.catch(() => {});
+      transport.close();
+    }
+    const taken = await standby.result();
+    if (taken.outcome !== "stopped") throw new Error(`v86 bench: the standby did not stand down (${JSON.stringify(taken)})`);
+
+    const lines = serial.join("").split("\n");
+    const counters = lines.filter((l) => l.startsWith("counter ")).length;
+    const bad = lines.filter((l) => l.startsWith("disk errors") || l.includes("exception"));
+    if (counters < MEASURED || bad.length > 0) {
+      throw new Error(`v86 bench: the guest misbehaved during the run (${counters} counters, ${JSON.stringify(bad.slice(0, 3))})`);
+    }
+    const sortedPauses = pauses.slice().sort((a, b) => a - b);
+    return {
+      pauseP50: median(pauses),
+      pauseP99: sortedPauses[Math.floor(sortedPauses.length * 0.99)],
+      saveStateP50: median(saves),
+      scanP50: median(scans),
+      devicesP50: median(devices),
+      dirtyPages: median(pages),
+      checkpointBytes: median(bytes),
+      deviceBytes,
+      saveStateBytes,
+    };
+  } catch (error) {
+    standby.kill();
+    throw error;
+  } finally {
+    await machine?.destroy();
+  }
+}
+
+/** Runs the v86 suite; returns its metrics. */
+export async function runV86Suite(progress: Progress): Promise<Record<string, number>> {
+  const metrics: Record<string, number> = {};
+  for (const mib of [64, 128]) {
+    const r = await size(mib, progress);
+    const s = `${mib}mib`;
+    metrics[`pause_ms_p50_${s}`] = r.pauseP50;
+    metrics[`pause_ms_p99_${s}`] = r.pauseP99;
+    metrics[`save_state_ms_p50_${s}`] = r.saveStateP50;
+    metrics[`checkpoint_vs_save_state_${s}`] = r.saveStateP50 / r.pauseP50;
+    metrics[`dirty_scan_ms_p50_${s}`] = r.scanP50;
+    metrics[`dirty_scan_gb_per_s_${s}`] = (mib * MIB) / (r.scanP50 / 1000) / 1e9;
+    metrics[`save_devices_ms_p50_${s}`] = r.devicesP50;
+    metrics[`dirty_pages_per_checkpoint_${s}`] = r.dirtyPages;
+    metrics[`checkpoint_bytes_p50_${s}`] = r.checkpointBytes;
+    metrics[`device_state_bytes_${s}`] = r.deviceBytes;
+    metrics[`save_state_bytes_${s}`] = r.saveStateBytes;
+  }
+  metrics.checkpoint_vs_save_state = metrics.checkpoint_vs_save_state_128mib;
+  return metrics;
+}
