@@ -17,23 +17,26 @@ export const USAGE = `tandem ${VERSION}: fault tolerance and live migration for 
 Usage:
   tandem demo [options]      the main job: replicate the built-in guest to a standby, kill -9
                              the primary, watch the standby take over with no gap in its output
-      --interval MS  checkpoint every MS (50)      --memory MIB  guest RAM (32)
-      --duration S   run for S seconds (6)         --kill-after S  kill the primary S seconds
-                                                    after its first checkpoint (3)
-      --no-kill      stop the primary cleanly       --dirty F  fraction of pages a step writes (0.001)
+      --interval MS  checkpoint every MS (50)      --duration S  run for S seconds (6)
+      --kill-after S kill the primary S seconds after its first checkpoint (3)
+      --no-kill      stop the primary cleanly
       --verify-state compare the standby with the primary's checkpoint, byte for byte (by hash)
       --json         print one JSON summary
-  tandem primary --connect ADDR [--interval MS] [--compress] [--memory MIB] [--dirty F] [--json]
-  tandem secondary --listen ADDR [--heartbeat MS] [--memory MIB] [--dirty F] [--json]
+  tandem primary --connect ADDR [--interval MS] [--compress] [guest options] [--json]
+  tandem secondary --listen ADDR [--heartbeat MS] [guest options] [--json]
                              replicate the built-in guest between two processes
                              (ADDR: PORT, HOST:PORT or a Unix socket path)
-  tandem migrate --connect ADDR [--run S] [--max-downtime MS] [--memory MIB] [--json]
+  tandem migrate --connect ADDR [--run S] [--max-downtime MS] [guest options] [--json]
                              run the built-in guest S seconds (its output then not shown),
                              then migrate it live to a \`tandem secondary --listen ADDR\`
-  tandem save FILE [--run S] [--memory MIB] [--json]
-  tandem restore FILE [--run S] [--memory MIB] [--json]
+  tandem save FILE [--run S] [guest options] [--json]
+  tandem restore FILE [--run S] [guest options] [--json]
                              save the built-in guest after S seconds; restore it and run on
-                             (both sides need the same --memory and --dirty)
+  Guest options (both sides of a pair, or a save and its restore, need the same):
+      --guest v86|reference  the built-in guest in the v86 PC emulator (default), or the
+                             reference machine written in TypeScript (no emulator)
+      --memory MIB   guest RAM (32)                --hz N  v86 guest ticks per second (20)
+      --dirty F      fraction of RAM pages written per tick (0.001)
   tandem selftest [--json]   load every kernel flavor, check each on known answers,
                              report which is in use and whether SIMD is
   tandem --version           print the version

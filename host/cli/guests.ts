@@ -47,7 +47,7 @@ export async function guestFrom(values: GuestValues): Promise<CliGuest> {
   const mib = Number(values.memory);
   const dirty = Number(values.dirty);
   const hz = Number(values.hz);
-  if (!Number.isInteger(mib) || mib < 4 || mib > 3072) throw new TandemError(ErrorCode.BadArgument, `--memory ${values.memory}: MiB from 4 to 3072`);
+  if (!Number.isInteger(mib) || mib < 4 || mib > 1920) throw new TandemError(ErrorCode.BadArgument, `--memory ${values.memory}: MiB from 4 to 1920`);
   if (!(dirty >= 0 && dirty <= 1)) throw new TandemError(ErrorCode.BadArgument, `--dirty ${values.dirty}: a fraction of pages per tick, 0 to 1`);
   if (!Number.isInteger(hz) || hz < 1 || hz > 1000) throw new TandemError(ErrorCode.BadArgument, `--hz ${values.hz}: ticks per second, 1 to 1000`);
   const args = ["--guest", values.guest, "--memory", values.memory, "--dirty", values.dirty, "--hz", values.hz];

@@ -3,7 +3,8 @@
  * RAM in place or for a state without RAM, so the adapter reaches into the instance; these
  * names are stable in v86's release build (Closure keeps them) but not promised, so the exact
  * version is pinned in package.json and {@link checkV86Internals} fails loudly, naming what
- * changed, when an upgrade moves any of them. Facts: ../shared/reference/ecosystem.md section 1.
+ * changed, when an upgrade moves any of them. Read from copy/v86 at 0.5.462 (src/main.js,
+ * src/cpu.js, src/state.js) and its release build.
  *
  * Used internals (copy/v86, src/main.js and src/cpu.js):
  * - `emulator.v86`: the machine; `.stop()` / `.run()` are synchronous there (the starter's

@@ -34,7 +34,7 @@ export interface V86MachineOptions {
   cmdline?: string;
   /** The hard disk (hda); null for none. Default: a zeroed 1 MiB disk in memory. */
   disk?: MachineDisk | null;
-  /** VGA memory in bytes; it is part of every device state, so keep it small. Default 256 KiB. */
+  /** VGA memory in bytes, part of every device state; v86 raises anything smaller to 256 KiB, the default. */
   vgaMemoryBytes?: number;
 }
 
@@ -49,6 +49,7 @@ function v86WasmPath(): string {
 }
 
 const MIB = 1 << 20;
+const MAX_MIB = 1920;
 const STARTUP_TIMEOUT_MS = 30_000;
 const NEWLINE = 10;
 
@@ -78,8 +79,9 @@ export class V86Machine implements Machine {
   /** Builds a v86 instance, stopped before its first instruction; `resume()` starts the guest. */
   static async create(options: V86MachineOptions = {}): Promise<V86Machine> {
     const memoryBytes = options.memoryBytes ?? 32 * MIB;
-    if (!Number.isInteger(memoryBytes) || memoryBytes < 4 * MIB || memoryBytes % MIB !== 0 || memoryBytes > 3072 * MIB) {
-      throw new TandemError(ErrorCode.BadArgument, `memoryBytes ${memoryBytes}: a whole number of MiB from 4 to 3072`);
+    // RAM and tandem's shadow of it share v86's 32-bit Wasm memory (4 GiB) with v86's own data.
+    if (!Number.isInteger(memoryBytes) || memoryBytes < 4 * MIB || memoryBytes % MIB !== 0 || memoryBytes > MAX_MIB * MIB) {
+      throw new TandemError(ErrorCode.BadArgument, `memoryBytes ${memoryBytes}: a whole number of MiB from 4 to ${MAX_MIB}`);
     }
     const disk = options.disk === undefined ? new MemoryDisk(MIB) : options.disk;
     // Guest writes reach the machine once it exists; none can happen before (the guest is stopped).
@@ -124,9 +126,9 @@ export class V86Machine implements Machine {
     this.#flushLine();
   }
 
+  /** Lets the guest run; a destroyed machine stays stopped (an engine winding down may ask). */
   resume(): void {
-    if (this.#destroyed) throw new TandemError(ErrorCode.InvalidState, "this v86 machine was destroyed");
-    if (this.#running) return;
+    if (this.#destroyed || this.#running) return;
     this.#running = true;
     this.#core.run();
   }
