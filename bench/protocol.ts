@@ -16,6 +16,9 @@
  *          written in 256 KiB buffers (writeNoCopy()) against raw 256 KiB writes.
  *          tcp_efficiency_4k_writes_vs_256k_raw: 4 KiB pages against raw 256 KiB writes (the
  *          sender batches pages into 256 KiB buffers, so this is what it puts on the wire).
+ *          tcp_efficiency_pipelined and tcp_efficiency_256k_writes_pipelined: the 1 MiB runs again
+ *          with a window of 4 (the next transaction begins before the last one's ACK), against
+ *          the same raw baselines of the same round.
  */
 
 import { Buffer } from "node:buffer";
@@ -38,6 +41,8 @@ const PAGES = TXN / PAGE;
 const FLAVORS: KernelFlavor[] = ["simd", "scalar", "ts"];
 /** A second, larger transaction size for the TCP bench: each transaction pays one round trip. */
 const LARGE_TXN = 16 << 20;
+/** The pipelined TCP runs' window: enough to keep the wire busy over a loopback round trip. */
+const WINDOW = 4;
 
 function framing(progress: Progress): Record<string, number> {
   const wireBytes = TXN + (PAGES + 2) * HEADER_SIZE;
@@ -160,21 +165,26 @@ async function rawTcp(port: number, total: number, size: number): Promise<number
  * Seconds to send `total` bytes as committed transactions of `txn` bytes, until the last ACK. The
  * application writes `size` bytes at a time: 4 KiB pages through `write()` (copied into the
  * sender's pool), or larger buffers through `writeNoCopy()` (sent from the application's memory,
- * which it leaves alone until the commit), rotating through four of them as rawTcp does.
+ * which it leaves alone until the commit), rotating through four of them as rawTcp does (they
+ * never change, so pipelined transactions may share them). With a `window` over 1, commits are
+ * left outstanding and the oldest is awaited once `window` are, as an application would.
  */
-async function transactionsTcp(port: number, total: number, txn: number, size: number): Promise<number> {
-  const sender = new TransactionSender(await connect({ port }));
+async function transactionsTcp(port: number, total: number, txn: number, size: number, window = 1): Promise<number> {
+  const sender = new TransactionSender(await connect({ port }), { window });
   await sender.open();
   const pool = Array.from({ length: 4 }, (_, i) => new Uint8Array(size).fill(i + 1));
+  const commits: Promise<void>[] = [];
   const start = performance.now();
   for (let sent = 0, i = 0; sent < total; sent += txn) {
+    if (commits.length === window) await commits.shift();
     await sender.begin();
     for (let at = 0; at < txn; at += size, i++) {
       if (size === PAGE) await sender.write(pool[i & 3]);
       else await sender.writeNoCopy(pool[i & 3]);
     }
-    await sender.commit();
+    commits.push(sender.commit());
   }
+  await Promise.all(commits);
   const seconds = (performance.now() - start) / 1000;
   if (sender.stats.acked !== total / txn) throw new Error(`tcp bench: ${sender.stats.acked} transactions acknowledged, expected ${total / txn}`);
   sender.close();
@@ -192,6 +202,8 @@ async function tcp(progress: Progress): Promise<Record<string, number>> {
     txn_1mib_4k: () => transactionsTcp(txnPeer.port, total, TXN, PAGE),
     txn_1mib_256k: () => transactionsTcp(txnPeer.port, total, TXN, large),
     txn_16mib_256k: () => transactionsTcp(txnPeer.port, total, LARGE_TXN, large),
+    txn_1mib_4k_pipelined: () => transactionsTcp(txnPeer.port, total, TXN, PAGE, WINDOW),
+    txn_1mib_256k_pipelined: () => transactionsTcp(txnPeer.port, total, TXN, large, WINDOW),
   };
   const gbps: Record<string, number[]> = Object.fromEntries(Object.keys(runs).map((name) => [name, []]));
   try {
@@ -213,10 +225,15 @@ async function tcp(progress: Progress): Promise<Record<string, number>> {
     tcp_transaction_gbps: m("txn_1mib_4k"),
     tcp_transaction_gbps_256k_writes: m("txn_1mib_256k"),
     tcp_transaction_gbps_16mib_256k_writes: m("txn_16mib_256k"),
+    tcp_transaction_gbps_pipelined: m("txn_1mib_4k_pipelined"),
+    tcp_transaction_gbps_256k_writes_pipelined: m("txn_1mib_256k_pipelined"),
     tcp_efficiency: m("txn_1mib_4k") / m("raw_4k"),
     tcp_efficiency_256k_writes: m("txn_1mib_256k") / m("raw_256k"),
     tcp_efficiency_16mib_256k_writes: m("txn_16mib_256k") / m("raw_256k"),
     tcp_efficiency_4k_writes_vs_256k_raw: m("txn_1mib_4k") / m("raw_256k"),
+    tcp_efficiency_pipelined: m("txn_1mib_4k_pipelined") / m("raw_4k"),
+    tcp_efficiency_256k_writes_pipelined: m("txn_1mib_256k_pipelined") / m("raw_256k"),
+    tcp_efficiency_4k_writes_pipelined_vs_256k_raw: m("txn_1mib_4k_pipelined") / m("raw_256k"),
   };
 }
 

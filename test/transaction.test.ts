@@ -6,6 +6,7 @@ import { SessionState, receiverTransition, senderTransition } from "../host/prot
 import { TransactionReceiver } from "../host/protocol/receiver.ts";
 import { TransactionSender } from "../host/protocol/sender.ts";
 import { TransportBase, memoryPair } from "../host/protocol/transport.ts";
+import type { FaultOptions } from "../host/protocol/faulty-transport.ts";
 import { seededRandom } from "../host/prng.ts";
 import { configureTracing } from "../host/trace.ts";
 import { KERNEL_FLAVORS } from "../host/wasm/kernels.ts";
@@ -372,6 +373,262 @@ test("trace points, off by default, name each step", async () => {
     assert.ok(events.includes(e), `${e} in ${events.join(",")}`);
   }
   assert.match(lines.find((l) => l.includes("send_header"))!, /cmd=ACK id=0/);
+});
+
+// --- pipelining (SenderOptions.window) ------------------------------------------------------
+
+/**
+ * Pipelines `transactions` (each a list of parts) through `sender`: no commit is awaited, so
+ * begin() itself waits at the window; each commit's outcome (its error code, or undefined) is
+ * collected. The parts go through write() or writeNoCopy() at random; with `cancelChance`, some
+ * transactions are cancelled by the sender instead of committed (outcome "cancel").
+ */
+async function pipeline(
+  sender: TransactionSender, transactions: Uint8Array[][], random: () => number, cancelChance = 0,
+): Promise<(string | undefined)[]> {
+  const outcomes: Promise<string | undefined>[] = [];
+  for (const parts of transactions) {
+    await sender.begin();
+    for (const part of parts) await (random() < 0.5 ? sender.write(part) : sender.writeNoCopy(part));
+    if (random() < cancelChance) {
+      await sender.cancel();
+      outcomes.push(Promise.resolve("cancel"));
+    } else {
+      outcomes.push(rejectionCode(sender.commit())); // left outstanding: the next begin() comes at once
+    }
+    assert.ok(sender.stats.unanswered <= 4, `${sender.stats.unanswered} unanswered with a window of 4`);
+  }
+  return Promise.all(outcomes);
+}
+
+/** Transactions of 1 to 4 parts of up to `max` bytes each. */
+function someTransactions(count: number, max: number, random: () => number): Uint8Array[][] {
+  return Array.from({ length: count }, (_, t) =>
+    Array.from({ length: 1 + Math.floor(random() * 4) }, (_, i) => pattern(Math.floor(random() * max), t * 17 + i + 1)));
+}
+
+/** A consumer that applies one transaction each time `release` is called. */
+function gatedConsumer(): { consume: () => Promise<void>; release: (n?: number) => void } {
+  let allowed = 0;
+  let wake: (() => void) | undefined;
+  return {
+    consume: async () => {
+      while (allowed === 0) await new Promise<void>((resolve) => (wake = resolve));
+      allowed--;
+    },
+    release: (n = 1) => {
+      allowed += n;
+      wake?.();
+    },
+  };
+}
+
+test("state machines: pipelining's transitions", () => {
+  assert.is(senderTransition(SessionState.Commit, "begin"), SessionState.Begin);
+  assert.is(senderTransition(SessionState.Atomic, "atomic"), SessionState.Atomic);
+  for (const state of [SessionState.Begin, SessionState.Continue, SessionState.Commit, SessionState.Atomic, SessionState.Cancel]) {
+    assert.is(senderTransition(state, "recv-earlier"), state, `an earlier answer leaves ${state} as it is`);
+  }
+  for (const state of [SessionState.Init, SessionState.Ack, SessionState.Nack]) {
+    assert.is(errorCode(() => senderTransition(state, "recv-earlier")), ErrorCode.InvalidState, state);
+  }
+  assert.is(errorCode(() => senderTransition(SessionState.Begin, "begin")), ErrorCode.InvalidState);
+});
+
+test("pipelined (window 4): transactions arrive whole and in order and every commit resolves, whatever the transport", async () => {
+  const wires: [string, FaultOptions | undefined][] = [
+    ["in memory", undefined],
+    ["chunks of 1-7 bytes", { maxChunk: 7, seed: 3 }],
+    ["chunks of 1-4096 bytes, delayed", { maxChunk: 4096, delayMs: 1, seed: 4 }],
+  ];
+  for (const [name, faults] of wires) {
+    const random = seededRandom(name.length);
+    const small = faults?.maxChunk === 7;
+    const s = await session({ faults, sender: { window: 4, bufferSize: 16 * 1024, buffers: 3 } });
+    const transactions = someTransactions(small ? 12 : 40, small ? 400 : 20_000, random);
+    const outcomes = await pipeline(s.sender, transactions, random, 0.1);
+    assert.ok(outcomes.every((o) => o === undefined || o === "cancel"), `${name}: ${outcomes.join(",")}`);
+    const committed = transactions.map((parts, id) => ({ id, bytes: concat(parts) })).filter((_, i) => outcomes[i] === undefined);
+    assert.equal(s.seen.map((t) => t.id), committed.map((t) => t.id), `${name}: ids in order, cancelled ones never seen`);
+    s.seen.forEach((t, i) => assert.equal(t.bytes, committed[i].bytes, `${name}: transaction ${t.id}`));
+    assert.is(s.sender.stats.acked, committed.length);
+    assert.is(s.sender.stats.unanswered, 0);
+    assert.ok(s.sender.stats.peakUnanswered > 1 && s.sender.stats.peakUnanswered <= 4, `${name}: peak ${s.sender.stats.peakUnanswered} unanswered`);
+    assert.is(s.receiver.stats.cancelledBySender, transactions.length - committed.length);
+    s.sender.close();
+    await s.receiver.done;
+  }
+});
+
+test("pipelined: atomic() may follow an unawaited commit() or atomic(), and commit() an unawaited atomic()'s begin", async () => {
+  const s = await session({ sender: { window: 3 } });
+  const outcomes = [rejectionCode(s.sender.atomic(pattern(10, 1))), rejectionCode(s.sender.atomic(pattern(20, 2)))];
+  await s.sender.begin();
+  await s.sender.write(pattern(30, 3));
+  outcomes.push(rejectionCode(s.sender.commit()));
+  outcomes.push(rejectionCode(s.sender.atomic(pattern(40, 4))));
+  assert.equal(await Promise.all(outcomes), [undefined, undefined, undefined, undefined]);
+  assert.equal(s.seen.map((t) => [t.id, t.atomic, t.bytes.length]), [[0, true, 10], [1, true, 20], [2, false, 30], [3, true, 40]]);
+  assert.is(s.sender.state, SessionState.Ack);
+});
+
+test("pipelined: a NACK rejects only its own commit with E_REFUSED; the later ones are applied and ACKed", async () => {
+  const random = seededRandom(9);
+  const s = await session({
+    faults: { maxChunk: 300, seed: 9 },
+    sender: { window: 4 },
+    consume: async (t) => {
+      await new Promise((r) => setTimeout(r, 1)); // slow enough for the window to fill
+      if (t.id === 3 || t.id === 6) throw new Error("cannot apply");
+    },
+  });
+  const transactions = someTransactions(10, 5000, random);
+  const outcomes = await pipeline(s.sender, transactions, random);
+  assert.equal(outcomes, transactions.map((_, i) => (i === 3 || i === 6 ? ErrorCode.Refused : undefined)));
+  assert.equal(s.seen.map((t) => t.id), transactions.map((_, i) => i), "the refused ones reached the consumer too, in order");
+  s.seen.forEach((t, i) => assert.equal(t.bytes, concat(transactions[i])));
+  assert.equal([s.sender.stats.acked, s.sender.stats.refused, s.receiver.stats.applied, s.receiver.stats.refused], [8, 2, 8, 2]);
+  assert.is(s.sender.stats.peakUnanswered, 4);
+  assert.is(s.sender.state, SessionState.Ack);
+  assert.is(s.sender.error, undefined);
+});
+
+test("pipelined: the receiver's CANCEL rejects only that commit with E_CANCELLED; the rest goes on", async () => {
+  const random = seededRandom(11);
+  let cancelledAt: { senderNextId: number; unanswered: number } | undefined;
+  const transactions = someTransactions(8, 3000, random).map((parts) => [...parts, pattern(600, 99)]);
+  const s = await session({
+    faults: { maxChunk: 512, delayMs: 1, seed: 11 },
+    sender: { window: 4 },
+    afterChunk: (receiver) => {
+      // Cancel transaction 3 half-way through, by which time the sender has committed it and gone on.
+      if (!cancelledAt && receiver.expectedId === 3 && receiver.state === SessionState.Continue) {
+        receiver.cancel();
+        cancelledAt = { senderNextId: s.sender.nextId, unanswered: s.sender.stats.unanswered };
+      }
+    },
+  });
+  const outcomes = await pipeline(s.sender, transactions, random);
+  assert.ok(cancelledAt, "the receiver cancelled transaction 3");
+  assert.ok(cancelledAt.senderNextId > 4, `the sender had begun transaction ${cancelledAt.senderNextId - 1} behind it`);
+  assert.equal(outcomes, transactions.map((_, i) => (i === 3 ? ErrorCode.Cancelled : undefined)));
+  const applied = transactions.map((parts, id) => ({ id, bytes: concat(parts) })).filter((t) => t.id !== 3);
+  assert.equal(s.seen.map((t) => t.id), applied.map((t) => t.id));
+  s.seen.forEach((t, i) => assert.equal(t.bytes, applied[i].bytes));
+  assert.equal([s.sender.stats.acked, s.sender.stats.cancelled, s.receiver.stats.cancelledHere], [7, 1, 1]);
+  assert.is(s.sender.error, undefined);
+});
+
+test("pipelined: begin() waits (not fails) while the window is full, and goes on after an answer", async () => {
+  const gate = gatedConsumer();
+  const s = await session({ sender: { window: 4 }, consume: gate.consume });
+  const outcomes: Promise<string | undefined>[] = [];
+  for (let i = 0; i < 4; i++) {
+    await s.sender.begin();
+    await s.sender.write(pattern(100, i));
+    outcomes.push(rejectionCode(s.sender.commit()));
+  }
+  let begun = false;
+  const beginning = s.sender.begin().then(() => void (begun = true));
+  await until(() => s.seen.length === 1);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.not.ok(begun, "begin() has not resolved while 4 are unanswered");
+  assert.is(s.sender.stats.unanswered, 4);
+  assert.is(s.sender.state, SessionState.Commit);
+  gate.release();
+  await beginning;
+  assert.is(await outcomes[0], undefined);
+  assert.is(s.sender.stats.unanswered, 3);
+  await s.sender.write(pattern(5, 5));
+  outcomes.push(rejectionCode(s.sender.commit()));
+  gate.release(4);
+  assert.equal(await Promise.all(outcomes), [undefined, undefined, undefined, undefined, undefined]);
+  assert.equal(s.seen.map((t) => t.id), [0, 1, 2, 3, 4]);
+});
+
+test("pipelined: the receiver closing with several outstanding rejects them all, and a waiting begin(), with E_PEER_CLOSED", async () => {
+  const s = await session({ sender: { window: 4 }, consume: () => new Promise(() => {}) }); // never finishes applying
+  const outcomes: Promise<string | undefined>[] = [];
+  for (let i = 0; i < 4; i++) {
+    await s.sender.begin();
+    await s.sender.write(pattern(1000, i));
+    outcomes.push(rejectionCode(s.sender.commit()));
+  }
+  const waiting = rejectionCode(s.sender.begin());
+  await until(() => s.seen.length === 1 && s.receiver.stats.bytes === s.sender.stats.bytes);
+  s.receiverEnd.close();
+  assert.equal(await Promise.all(outcomes), Array(4).fill(ErrorCode.PeerClosed));
+  assert.is(await waiting, ErrorCode.PeerClosed);
+  assert.is(await rejectionCode(s.sender.atomic(Uint8Array.of(1))), ErrorCode.PeerClosed);
+  assert.is(s.sender.stats.unanswered, 0);
+});
+
+test("pipelined: each outstanding transaction has its own timeout; one passing ends the session for all", async () => {
+  const s = await session({ sender: { window: 4, responseTimeoutMs: 40 }, consume: () => new Promise(() => {}) });
+  const outcomes = [0, 1, 2].map((i) => rejectionCode(s.sender.atomic(pattern(10, i))));
+  assert.equal(await Promise.all(outcomes), [ErrorCode.Timeout, ErrorCode.Timeout, ErrorCode.Timeout]);
+  assert.is(s.sender.error?.code, ErrorCode.Timeout);
+});
+
+test("pipelined: an answer that is not for the oldest outstanding transaction is E_ID_MISMATCH", async () => {
+  const [senderEnd, receiverEnd] = memoryPair();
+  const sender = new TransactionSender(senderEnd, { window: 4 });
+  receiverEnd.write(frame(Cmd.Ack, 0, 0), () => {});
+  await sender.open();
+  const outcomes = [0, 1, 2].map((i) => rejectionCode(sender.atomic(pattern(10, i))));
+  await until(() => sender.stats.unanswered === 3);
+  receiverEnd.write(frame(Cmd.Ack, 0, 0), () => {}); // in order: fine
+  await until(() => sender.stats.acked === 1);
+  receiverEnd.write(frame(Cmd.Ack, 2, 0), () => {}); // skips 1
+  assert.equal(await Promise.all(outcomes), [undefined, ErrorCode.IdMismatch, ErrorCode.IdMismatch]);
+  assert.is(sender.error?.code, ErrorCode.IdMismatch);
+});
+
+test("pipelined: the receiver's memory bound covers the window queued behind a slow consumer, and still holds past it", async () => {
+  const receiver = { maxTransactionBytes: 100_000, maxFramePayload: 16_384 };
+  const bound = 100_000 + 16_384 + (1 << 20) + 2 * HEADER_SIZE; // maxTransactionBytes + maxFramePayload + 1 MiB + 24
+  for (const window of [4, 16]) {
+    const gate = gatedConsumer();
+    const s = await session({ receiver, sender: { window, bufferSize: 16_384 }, consume: gate.consume });
+    const outcomes: Promise<string | undefined>[] = [];
+    for (let i = 0; i < window; i++) {
+      try {
+        await s.sender.begin();
+        await s.sender.write(pattern(90_000, i));
+      } catch {
+        break; // the receiver ended the session
+      }
+      outcomes.push(rejectionCode(s.sender.commit()));
+    }
+    if (window === 4) {
+      await until(() => s.sender.stats.unanswered === 4 && s.receiver.stats.bytes === s.sender.stats.bytes); // one applying, three queued
+      assert.ok(s.receiver.stats.bufferedBytes >= 4 * 90_000 && s.receiver.stats.bufferedBytes <= bound, `holds ${s.receiver.stats.bufferedBytes}`);
+      gate.release(4);
+      assert.equal(await Promise.all(outcomes), Array(4).fill(undefined));
+    } else {
+      // 16 x 90 kB queued is over the bound: the receiver ends the session rather than hold it.
+      assert.is(await rejectionCode(s.receiver.done), ErrorCode.PayloadTooLarge);
+      assert.ok(s.receiver.stats.peakBufferedBytes <= bound, `peak ${s.receiver.stats.peakBufferedBytes}`);
+      const codes = await Promise.all(outcomes);
+      assert.ok(codes.every((code) => code === ErrorCode.PeerClosed || code === ErrorCode.Flush), codes.join(","));
+      gate.release(16);
+    }
+  }
+});
+
+test("window 1 (the default) stays stop-and-wait: begin() before the last commit settled is E_INVALID_STATE", async () => {
+  for (const sender of [undefined, { window: 1 }]) {
+    const s = await session({ sender });
+    await s.sender.begin();
+    const committing = s.sender.commit();
+    assert.is(await rejectionCode(s.sender.begin()), ErrorCode.InvalidState);
+    await rejectionCode(committing);
+    const t = await session({ sender });
+    const atomic = t.sender.atomic(pattern(3, 1));
+    assert.is(await rejectionCode(t.sender.atomic(pattern(3, 2))), ErrorCode.InvalidState);
+    await rejectionCode(atomic);
+  }
+  assert.is(errorCode(() => new TransactionSender(memoryPair()[0], { window: 0 })), ErrorCode.BadArgument);
 });
 
 const FUZZ_RUNS = Number(globalThis.process?.env?.TANDEM_FUZZ ?? 150);

@@ -14,6 +14,14 @@
  * (its chunks) by about the two together. A payload piece in a chunk that is mostly empty is
  * copied instead of pinning the chunk's whole buffer, so a peer that trickles tiny packets cannot
  * make the receiver hold many times what it sent.
+ *
+ * A pipelining sender (its `window` option) sends the next transactions before this one's
+ * answer. Nothing changes here: what arrives while the consumer runs waits undecoded, then the
+ * transactions are applied strictly in order and each is answered on its own (ACK, NACK, or
+ * CANCEL if this side cancelled it), so a refused or cancelled one does not touch the ones
+ * behind it. The sender's window bounds what is queued: the transaction being applied and at
+ * most `window - 1` behind it. The bound on held bytes above covers them all together, so a
+ * sender's window times its transaction size must fit in it (see `maxTransactionBytes`).
  */
 
 import { ErrorCode, TandemError } from "../errors.ts";
@@ -45,7 +53,11 @@ export type TransactionConsumer = (transaction: ReceivedTransaction) => void | P
 export interface ReceiverOptions {
   /** Largest payload of one frame. Default 1 MiB. */
   maxFramePayload?: number;
-  /** Largest total payload of one transaction. Default 256 MiB. */
+  /**
+   * Largest total payload of one transaction. Default 256 MiB. What the receiver holds at once
+   * (a transaction and the input queued behind it) is bounded by this plus `maxFramePayload`
+   * plus 1 MiB; with a pipelining sender that covers all the transactions of its window.
+   */
   maxTransactionBytes?: number;
   /** Longest silence allowed inside an open transaction, in ms; 0 for none. Default 0. */
   idleTimeoutMs?: number;
@@ -123,7 +135,8 @@ export class TransactionReceiver implements ChunkSink {
     if (!Number.isInteger(this.#maxTransaction) || this.#maxTransaction < 0) {
       throw new TandemError(ErrorCode.BadArgument, `maxTransactionBytes ${this.#maxTransaction}: expected a non-negative integer`);
     }
-    // A transaction's payload, its headers, and one more frame in flight behind it.
+    // A transaction's payload, its headers, and one more frame in flight behind it; for a
+    // pipelining sender, also the transactions it sent behind the one being applied.
     this.#maxBuffered = this.#maxTransaction + maxFrame + 2 * HEADER_SIZE + (1 << 20);
     this.#idleMs = options.idleTimeoutMs ?? 0;
     this.#transport = transport;
@@ -273,7 +286,7 @@ export class TransactionReceiver implements ChunkSink {
   #account(): void {
     const held = this.#pinned + this.#pendingBytes;
     if (held > this.#maxBuffered) {
-      throw this.#die(new TandemError(ErrorCode.PayloadTooLarge, `the sender pushed more than ${this.#maxBuffered} bytes without a transaction ending`));
+      throw this.#die(new TandemError(ErrorCode.PayloadTooLarge, `the sender pushed more than ${this.#maxBuffered} bytes: one transaction's, or a pipelining sender's queued behind the one being applied`));
     }
     this.#stats.bufferedBytes = held;
     if (held > this.#stats.peakBufferedBytes) this.#stats.peakBufferedBytes = held;

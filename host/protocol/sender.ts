@@ -8,6 +8,22 @@
  *   await sender.commit();               // resolves on ACK; E_REFUSED on NACK; E_CANCELLED
  *   await sender.atomic(bytes);          // a whole transaction in one frame
  *
+ * With `window: W` (W > 1) transactions are pipelined: the next begin() or atomic() may be
+ * called without awaiting the last commit, so one transaction's round trip overlaps the next
+ * one's bytes. Each commit() (or atomic()) still settles at its own answer; begin() waits while
+ * W of them are unanswered. Answers come in order (the receiver applies transactions strictly in
+ * order), each transaction is answered on its own: a NACK or a receiver's CANCEL rejects only
+ * that transaction's commit, and later ones go on.
+ *
+ *   const commits: Promise<void>[] = [];
+ *   for (const t of transactions) {
+ *     if (commits.length === W) await commits.shift();
+ *     await sender.begin();
+ *     await sender.writeNoCopy(t);
+ *     commits.push(sender.commit());      // not awaited yet: the next transaction starts now
+ *   }
+ *   await Promise.all(commits);
+ *
  * Frames are encoded by the frame kernel into a fixed pool of buffers in a heap of the sender's
  * own. A full buffer goes to the transport and comes back to the pool when the transport is done
  * with it; when none is free the sender is frozen and calls wait. So the memory a slow transport
@@ -15,8 +31,10 @@
  * after everything before it and resolves only once every buffer is written and the receiver has
  * answered.
  *
- * Calls are made one at a time (await each). After an error the session is dead and every later
- * call fails at once with that error; a NACK or a cancel ends only the transaction.
+ * Calls are made one at a time (await each), except that with a window the commits (and
+ * atomics) awaiting their answers may be left outstanding. After an error the session is dead:
+ * every outstanding commit and every later call fails with that error; a NACK or a cancel ends
+ * only the transaction.
  */
 
 import { ErrorCode, TandemError } from "../errors.ts";
@@ -24,7 +42,7 @@ import { tracerFor, type Tracer } from "../trace.ts";
 import { Heap } from "../wasm/heap.ts";
 import { kernelsFor, type KernelFlavor, type Kernels } from "../wasm/kernels.ts";
 import { CMD_NAMES, Cmd, DECODER_STATE_SIZE, EVENT_SIZE, FrameDecoder, HEADER_SIZE } from "./frame.ts";
-import { SessionState, isIdle, senderTransition, type SenderEvent } from "./session-state.ts";
+import { SessionState, senderTransition, type SenderEvent } from "./session-state.ts";
 import type { Transport } from "./transport.ts";
 
 /** Options of a {@link TransactionSender}. */
@@ -37,6 +55,14 @@ export interface SenderOptions {
   responseTimeoutMs?: number;
   /** Which frame kernels to run; default: see {@link defaultFlavor}. */
   kernels?: KernelFlavor;
+  /**
+   * The most transactions committed but not yet answered. 1 (the default) is stop-and-wait, as
+   * in seed 000: commit() and atomic() hold the sender until the answer, and any call before
+   * then is E_INVALID_STATE. With more, their promises settle at the answer as before, but
+   * begin() and atomic() may be called at once; they wait while `window` are unanswered. The
+   * receiver then holds up to `window` transactions: see docs/protocol.md, "Pipelining".
+   */
+  window?: number;
 }
 
 /** What a sender has done, and what it holds. */
@@ -58,16 +84,33 @@ export interface SenderStats {
   heldLimit: number;
   /** The most bytes held at once. */
   peakHeldBytes: number;
+  /** Transactions committed (or sent ATOMIC) whose answer has not come yet; at most the window. */
+  unanswered: number;
+  /** The most unanswered at once. */
+  peakUnanswered: number;
 }
 
 const RX_SIZE = 4096;
 const EVENTS = 16;
 const DONE: Promise<void> = Promise.resolve();
 
-interface Pending {
-  resolve: () => void;
-  reject: (error: Error) => void;
-  timer: ReturnType<typeof setTimeout>;
+/** A transaction, from its BEGIN (or ATOMIC) on. */
+interface Txn {
+  readonly id: number;
+  /** Its writes (pool buffers, writeNoCopy payloads) the transport has not finished. */
+  writes: number;
+}
+
+/** Something awaited from the receiver, with a timeout: the opening ACK, or an answer. */
+interface Awaited {
+  readonly promise: Promise<void>;
+  /** Resolves (no outcome) or rejects the promise, and stops its timer. */
+  readonly settle: (outcome: TandemError | undefined) => void;
+}
+
+/** A committed transaction awaiting its answer. */
+interface Answer extends Awaited {
+  readonly txn: Txn;
 }
 
 /** The sending side of a transaction session. */
@@ -79,6 +122,7 @@ export class TransactionSender {
   readonly #trace: Tracer | undefined;
   readonly #bufferSize: number;
   readonly #timeoutMs: number;
+  readonly #window: number;
   readonly #rx: number;
   readonly #free: number[] = [];
   readonly #waiters: (() => void)[] = [];
@@ -86,23 +130,37 @@ export class TransactionSender {
   #inFlight = 0;
   #inFlightBytes = 0;
   #backedUp = false;
+  /** The state of the latest transaction; the unanswered ones before it are in #unanswered. */
   #state: SessionState = SessionState.Init;
   #nextId = 0;
-  #txnId = 0;
+  /** The latest transaction: the one whose frames are being encoded, and the pool's only user. */
+  #latest: Txn = { id: 0, writes: 0 };
   #seq = 0;
+  /** Committed transactions awaiting their answers, oldest first (the receiver answers in order). */
+  readonly #unanswered: Answer[] = [];
+  #opening: Awaited | undefined;
+  /** The sending part of a pipelined commit() or atomic() in progress; the next begin() waits for it. */
+  #sending: Promise<void> | undefined;
   #cancelledByPeer = false;
+  /** The transaction this side cancelled last: a CANCEL of it from the receiver crossed ours. */
+  #cancelledHere: number | undefined;
   #openedEarly = false;
   #busy = false;
-  #response: Pending | undefined;
   #error: TandemError | undefined;
   readonly #stats: SenderStats;
 
   constructor(transport: Transport, options: SenderOptions = {}) {
     const bufferSize = options.bufferSize ?? 256 * 1024;
     const buffers = options.buffers ?? 4;
+    const window = options.window ?? 1;
     if (!Number.isInteger(bufferSize) || bufferSize < HEADER_SIZE + 1 || !Number.isInteger(buffers) || buffers < 1) {
       throw new TandemError(ErrorCode.BadArgument, `bufferSize ${bufferSize} and buffers ${buffers}: need at least ${HEADER_SIZE + 1} bytes and 1 buffer`);
     }
+    // Ids are 16 bits: the unanswered ones must stay distinct, with room to tell them apart.
+    if (!Number.isInteger(window) || window < 1 || window > 1024) {
+      throw new TandemError(ErrorCode.BadArgument, `window ${window}: expected an integer from 1 to 1024`);
+    }
+    this.#window = window;
     this.#transport = transport;
     this.#bufferSize = bufferSize;
     this.#timeoutMs = options.responseTimeoutMs ?? 30_000;
@@ -115,25 +173,28 @@ export class TransactionSender {
     this.#trace = tracerFor("protocol");
     this.#stats = {
       acked: 0, refused: 0, cancelled: 0, frames: 0, bytes: 0, frozen: false, freezes: 0,
-      heldBytes: 0, heldLimit: buffers * bufferSize, peakHeldBytes: 0,
+      heldBytes: 0, heldLimit: buffers * bufferSize, peakHeldBytes: 0, unanswered: 0, peakUnanswered: 0,
     };
     transport.onData((chunk) => this.#received(chunk));
     transport.onClose((error) => this.#fail(new TandemError(ErrorCode.PeerClosed, `the receiver's connection closed${error ? `: ${error.message}` : ""}`)));
   }
 
-  /** The session state (see session-state.ts). */
+  /**
+   * The session state (see session-state.ts): that of the latest transaction. With a window,
+   * earlier ones may still await their answers ({@link SenderStats.unanswered}).
+   */
   get state(): SessionState {
     return this.#state;
   }
 
-  /** The id the next transaction will carry. */
+  /** The id the next begin() or atomic() will use. */
   get nextId(): number {
     return this.#nextId;
   }
 
   /** A snapshot of the counters. */
   get stats(): SenderStats {
-    return { ...this.#stats, heldBytes: this.#held() };
+    return { ...this.#stats, heldBytes: this.#held(), unanswered: this.#unanswered.length };
   }
 
   /** The error that ended the session, if one did. */
@@ -149,18 +210,21 @@ export class TransactionSender {
         return;
       }
       if (this.#state !== SessionState.Init) throw new TandemError(ErrorCode.InvalidState, `open() in state ${this.#state}`);
-      await this.#expectAnswer();
+      this.#opening = this.#timed("opening ACK");
+      await this.#opening.promise;
     });
   }
 
-  /** Starts a transaction (BEGIN). */
+  /**
+   * Starts a transaction (BEGIN). With a window, it may be called before the last commit()
+   * settled; it waits while the window is full.
+   */
   begin(): Promise<void> {
-    return this.#op(async () => {
-      this.#step("begin");
-      this.#txnId = this.#nextId;
-      this.#seq = 0;
+    return this.#afterSending(() => this.#op(async () => {
+      if (this.#windowFull()) await this.#roomInWindow("begin");
+      this.#start("begin");
       await this.#control(Cmd.Begin);
-    });
+    }));
   }
 
   /**
@@ -230,31 +294,39 @@ export class TransactionSender {
     return offset;
   }
 
-  /** Ends the transaction (COMMIT) and waits for the receiver's answer. */
+  /**
+   * Ends the transaction (COMMIT) and waits for the receiver's answer: resolves on ACK, rejects
+   * with E_REFUSED on NACK and E_CANCELLED if the receiver cancelled it. With a window, the next
+   * begin() may be called before this settles.
+   */
   commit(): Promise<void> {
-    return this.#op(async () => {
+    return this.#committed(false, async () => {
       this.#takePeerCancel();
       this.#step("commit");
       const answer = this.#expectAnswer(); // before any await: the answer may come at any moment now
       await this.#control(Cmd.Commit);
-      await this.#sendAndAnswer(answer);
+      this.#flush();
+      return answer;
     });
   }
 
-  /** Sends a whole transaction in one ATOMIC frame and waits for the answer. */
+  /**
+   * Sends a whole transaction in one ATOMIC frame and waits for the answer, as {@link commit}.
+   * With a window, it may be called before the last commit() or atomic() settled.
+   */
   atomic(bytes: Uint8Array): Promise<void> {
-    return this.#op(async () => {
+    return this.#committed(true, async () => {
       if (HEADER_SIZE + bytes.length > this.#bufferSize) {
         throw new TandemError(ErrorCode.PayloadTooLarge, `an ATOMIC payload of ${bytes.length} bytes does not fit one ${this.#bufferSize}-byte buffer; use begin/write/commit`);
       }
-      this.#step("atomic");
-      this.#txnId = this.#nextId;
-      this.#seq = 0;
+      if (this.#windowFull()) await this.#roomInWindow("atomic");
+      this.#start("atomic");
       const answer = this.#expectAnswer();
       const buffer = await this.#room(HEADER_SIZE + bytes.length);
       this.#heap.u8.set(bytes, buffer.ptr + buffer.used + HEADER_SIZE);
       this.#encode(buffer, Cmd.Atomic, bytes.length);
-      await this.#sendAndAnswer(answer);
+      this.#flush();
+      return answer;
     });
   }
 
@@ -266,16 +338,92 @@ export class TransactionSender {
         return;
       }
       this.#step("cancel");
+      this.#cancelledHere = this.#latest.id;
+      const txn = this.#latest;
       await this.#control(Cmd.Cancel);
       this.#flush();
-      await this.#allWritten();
-      this.#nextId = (this.#txnId + 1) & 0xffff;
+      await this.#written(txn); // its writeNoCopy() bytes are the caller's again once this returns
     });
   }
 
   /** Ends the session and closes the transport. */
   close(): void {
     this.#fail(new TandemError(ErrorCode.InvalidState, "the sender was closed"));
+  }
+
+  // --- the window ----------------------------------------------------------------------------
+
+  /**
+   * Runs the sending part of commit() or atomic() (`send`, which returns the answer it awaits)
+   * as a call, then waits for the transaction's writes and answer. With a window of one that
+   * wait is part of the call: stop-and-wait, and any call before the answer is E_INVALID_STATE.
+   * With a larger one it is not, so the next begin() or atomic() may be called at once; it waits
+   * for this sending part (#afterSending) and for room in the window (#roomInWindow). `next`
+   * says whether this call itself starts a transaction (atomic), and so waits for an earlier
+   * sending part first.
+   */
+  #committed(next: boolean, send: () => Promise<Answer>): Promise<void> {
+    if (this.#window === 1) return this.#op(async () => this.#settled(await send()));
+    const sent = next ? this.#afterSending(() => this.#op(send)) : this.#op(send);
+    const sending: Promise<void> = sent.then(() => {}, () => {});
+    this.#sending = sending;
+    void sending.then(() => {
+      if (this.#sending === sending) this.#sending = undefined;
+    });
+    return sent.then((answer) => this.#settled(answer)).catch((error: unknown) => {
+      throw this.#outcome(error);
+    });
+  }
+
+  /** Runs `call` after the sending part of a pipelined commit() or atomic() made just before it. */
+  #afterSending<T>(call: () => Promise<T>): Promise<T> {
+    const previous = this.#sending;
+    return previous ? previous.then(call) : call();
+  }
+
+  /** True while `window` transactions are unanswered: the next one must wait. */
+  #windowFull(): boolean {
+    return this.#unanswered.length >= this.#window;
+  }
+
+  /**
+   * Waits until fewer than `window` transactions are unanswered, before `event` (begin or
+   * atomic). A call the state machine refuses fails at once, not after the wait.
+   */
+  async #roomInWindow(event: "begin" | "atomic"): Promise<void> {
+    senderTransition(this.#state, event);
+    this.#trace?.("window_full", { unanswered: this.#unanswered.length });
+    while (this.#windowFull()) {
+      await new Promise<void>((wake) => this.#waiters.push(wake));
+      this.#throwIfDead();
+    }
+  }
+
+  /**
+   * Starts the next transaction (`event` is begin or atomic). Synchronous with what follows up
+   * to the answer's registration, so a session that dies meanwhile cannot leave an answer that
+   * nothing will settle.
+   */
+  #start(event: "begin" | "atomic"): void {
+    this.#throwIfDead(); // it may have died while the caller waited
+    this.#step(event);
+    this.#latest = { id: this.#nextId, writes: 0 };
+    this.#nextId = (this.#nextId + 1) & 0xffff;
+    this.#seq = 0;
+  }
+
+  /** Waits until every write of `answer`'s transaction is done, then for the answer itself. */
+  async #settled(answer: Answer): Promise<void> {
+    await this.#written(answer.txn);
+    await answer.promise;
+  }
+
+  /** Waits until the transport has finished every write of `txn`. */
+  async #written(txn: Txn): Promise<void> {
+    while (txn.writes > 0) {
+      await new Promise<void>((wake) => this.#waiters.push(wake));
+      this.#throwIfDead();
+    }
   }
 
   // --- sending -------------------------------------------------------------------------------
@@ -289,10 +437,11 @@ export class TransactionSender {
    * header, or, when `payloadInBuffer` is false, follow in a transport write of their own.
    */
   #encode(buffer: { ptr: number; used: number }, cmd: number, len: number, payloadInBuffer = true): void {
-    this.#trace?.("send_header", { cmd: CMD_NAMES[cmd], id: this.#txnId, seq: this.#seq, len });
+    const id = this.#latest.id;
+    this.#trace?.("send_header", { cmd: CMD_NAMES[cmd], id, seq: this.#seq, len });
     const at = buffer.ptr + buffer.used;
     // Told that the payload is in place after the header, the kernel writes just the header.
-    const size = this.#kernels.frameEncode(at, cmd, this.#txnId, this.#seq, at + HEADER_SIZE, len);
+    const size = this.#kernels.frameEncode(at, cmd, id, this.#seq, at + HEADER_SIZE, len);
     buffer.used += payloadInBuffer ? size : HEADER_SIZE;
     this.#seq = (this.#seq + 1) >>> 0;
     this.#stats.frames++;
@@ -358,11 +507,15 @@ export class TransactionSender {
 
   /**
    * Hands `bytes` to the transport, counted in flight until it is done with them (then `release`);
-   * a failed write ends the session with `code`.
+   * a failed write ends the session with `code`. The bytes are the latest transaction's: commit,
+   * cancel and atomic flush the pool before the next transaction begins.
    */
   #send(bytes: Uint8Array, code: ErrorCode, release: () => void): void {
+    const txn = this.#latest;
+    txn.writes++;
     this.#inFlight++;
     const more = this.#transport.write(bytes, (error) => {
+      txn.writes--;
       this.#inFlight--;
       release();
       if (this.#inFlight === 0) this.#backedUp = false;
@@ -372,49 +525,40 @@ export class TransactionSender {
     if (!more) this.#backedUp = true;
   }
 
-  /** Waits until every buffer handed to the transport is written. */
-  async #allWritten(): Promise<void> {
-    while (this.#inFlight > 0) {
-      await new Promise<void>((wake) => this.#waiters.push(wake));
-      this.#throwIfDead();
-    }
-  }
-
   /** Waits, frozen, while the transport says it is backed up (lets the event loop move the bytes). */
   async #drained(): Promise<void> {
     while (this.#backedUp) await this.#frozen();
     this.#thaw();
   }
 
-  /** Flushes, waits until every byte is written, then waits for the transaction's `answer`. */
-  async #sendAndAnswer(answer: Promise<void>): Promise<void> {
-    this.#flush();
-    await this.#allWritten();
-    await answer;
-  }
-
   /**
-   * Registers for the receiver's next answer (ACK, NACK or CANCEL). Called at the transition that
-   * makes an answer possible, before anything is awaited, so an early answer is never missed.
+   * Queues the latest transaction for its answer (ACK, NACK or CANCEL). Called at the transition
+   * that makes an answer possible, before anything is awaited, so an early answer is never missed.
+   * Each transaction's timeout runs from here, so it covers the ones queued before it too.
    */
-  #expectAnswer(): Promise<void> {
-    const answer = new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#fail(new TandemError(ErrorCode.Timeout, `no answer from the receiver within ${this.#timeoutMs} ms`));
-      }, this.#timeoutMs);
-      this.#response = { resolve, reject, timer };
-    });
-    answer.catch(() => {}); // if the writes fail first, their error is the one reported
+  #expectAnswer(): Answer {
+    this.#throwIfDead(); // #fail settles only the answers queued before it: one queued after would hang
+    const answer = { ...this.#timed(`answer to transaction ${this.#latest.id}`), txn: this.#latest };
+    this.#unanswered.push(answer);
+    if (this.#unanswered.length > this.#stats.peakUnanswered) this.#stats.peakUnanswered = this.#unanswered.length;
     return answer;
   }
 
-  #settle(outcome: TandemError | undefined): void {
-    const pending = this.#response;
-    this.#response = undefined;
-    if (!pending) return;
-    clearTimeout(pending.timer);
-    if (outcome) pending.reject(outcome);
-    else pending.resolve();
+  /** An answer to wait for, ending the session with E_TIMEOUT if it does not come in time. */
+  #timed(what: string): Awaited {
+    let settle!: (outcome: TandemError | undefined) => void;
+    const promise = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#fail(new TandemError(ErrorCode.Timeout, `no ${what} from the receiver within ${this.#timeoutMs} ms`));
+      }, this.#timeoutMs);
+      settle = (outcome) => {
+        clearTimeout(timer);
+        if (outcome) reject(outcome);
+        else resolve();
+      };
+    });
+    promise.catch(() => {}); // if the writes fail first, their error is the one reported
+    return { promise, settle };
   }
 
   // --- receiving answers ---------------------------------------------------------------------
@@ -437,49 +581,62 @@ export class TransactionSender {
 
   #answered(cmd: number, id: number, seq: number): void {
     this.#trace?.("recv_header", { cmd: CMD_NAMES[cmd] ?? cmd, id, seq });
-    const waiting = this.#state === SessionState.Commit || this.#state === SessionState.Atomic;
     if (cmd === Cmd.Ack && this.#state === SessionState.Init) {
       if (id !== 0) throw new TandemError(ErrorCode.IdMismatch, `the opening ACK names transaction ${id}, expected 0`);
       this.#step("recv-ack");
       // A fast receiver's ACK can come before open() is even called: open() then just returns.
-      if (this.#response) this.#settle(undefined);
+      const opening = this.#opening;
+      this.#opening = undefined;
+      if (opening) opening.settle(undefined);
       else this.#openedEarly = true;
       return;
     }
-    if (cmd === Cmd.Cancel && isIdle(this.#state) && id === this.#txnId) return; // crossed our own CANCEL
     if (cmd !== Cmd.Ack && cmd !== Cmd.Nack && cmd !== Cmd.Cancel) {
       throw new TandemError(ErrorCode.InvalidState, `a receiver never sends ${CMD_NAMES[cmd] ?? `command ${cmd}`}`);
     }
-    if (id !== this.#txnId) throw new TandemError(ErrorCode.IdMismatch, `an answer for transaction ${id} while ${this.#txnId} is open`);
-    if (cmd === Cmd.Cancel && !waiting) {
-      this.#step("recv-cancel");
-      this.#cancelledByPeer = true;
-      this.#stats.cancelled++;
-      this.#nextId = (this.#txnId + 1) & 0xffff;
+    if (cmd === Cmd.Cancel && id === this.#cancelledHere) {
+      this.#cancelledHere = undefined; // crossed our own CANCEL
       return;
     }
-    this.#step(cmd === Cmd.Ack ? "recv-ack" : cmd === Cmd.Nack ? "recv-nack" : "recv-cancel");
-    this.#nextId = (this.#txnId + 1) & 0xffff;
+    const oldest = this.#unanswered[0];
+    if (oldest === undefined) {
+      // Nothing committed awaits an answer: only the receiver's CANCEL of the open transaction may come.
+      if (id !== this.#latest.id) throw new TandemError(ErrorCode.IdMismatch, `an answer for transaction ${id} while ${this.#latest.id} is open`);
+      this.#step(cmd === Cmd.Ack ? "recv-ack" : cmd === Cmd.Nack ? "recv-nack" : "recv-cancel");
+      this.#cancelledByPeer = true;
+      this.#stats.cancelled++;
+      return;
+    }
+    const expected = oldest.txn.id;
+    if (id !== expected) {
+      throw new TandemError(ErrorCode.IdMismatch, `an answer for transaction ${id}, but the oldest awaiting one is ${expected} (answers come in order)`);
+    }
+    this.#unanswered.shift();
+    this.#cancelledHere = undefined; // a crossing CANCEL comes before any later answer, or never
+    // Only the answer to the latest transaction moves the state machine; earlier ones are pipelined.
+    const latest = this.#unanswered.length === 0 && (this.#state === SessionState.Commit || this.#state === SessionState.Atomic);
+    this.#step(!latest ? "recv-earlier" : cmd === Cmd.Ack ? "recv-ack" : cmd === Cmd.Nack ? "recv-nack" : "recv-cancel");
     if (cmd === Cmd.Ack) {
       this.#stats.acked++;
-      this.#settle(undefined);
+      oldest.settle(undefined);
     } else if (cmd === Cmd.Nack) {
       this.#stats.refused++;
-      this.#settle(new TandemError(ErrorCode.Refused, `the receiver refused transaction ${id} (NACK)`));
+      oldest.settle(new TandemError(ErrorCode.Refused, `the receiver refused transaction ${id} (NACK)`));
     } else {
       this.#stats.cancelled++;
-      this.#settle(new TandemError(ErrorCode.Cancelled, `the receiver cancelled transaction ${id}`));
+      oldest.settle(new TandemError(ErrorCode.Cancelled, `the receiver cancelled transaction ${id}`));
     }
+    for (const wake of this.#waiters.splice(0)) wake(); // a begin() may be waiting for room in the window
   }
 
   // --- session bookkeeping -------------------------------------------------------------------
 
-  async #op(run: () => Promise<void>): Promise<void> {
+  async #op<T>(run: () => Promise<T>): Promise<T> {
     this.#throwIfDead();
     if (this.#busy) throw this.#die(new TandemError(ErrorCode.InvalidState, "a call was made before the previous one finished; await each call"));
     this.#busy = true;
     try {
-      await run();
+      return await run();
     } catch (error) {
       throw this.#outcome(error);
     } finally {
@@ -502,7 +659,7 @@ export class TransactionSender {
   #takePeerCancel(): void {
     if (!this.#cancelledByPeer) return;
     this.#cancelledByPeer = false;
-    throw new TandemError(ErrorCode.Cancelled, `the receiver cancelled transaction ${this.#txnId}`);
+    throw new TandemError(ErrorCode.Cancelled, `the receiver cancelled transaction ${this.#latest.id}`);
   }
 
   #throwIfDead(): void {
@@ -518,7 +675,9 @@ export class TransactionSender {
     if (this.#error) return;
     this.#error = error;
     this.#trace?.("error", { code: error.code });
-    this.#settle(error);
+    this.#opening?.settle(error);
+    this.#opening = undefined;
+    for (const answer of this.#unanswered.splice(0)) answer.settle(error); // every outstanding commit
     for (const wake of this.#waiters.splice(0)) wake();
     this.#transport.close();
   }

@@ -4,7 +4,7 @@ import { ErrorCode, TandemError } from "../../host/errors.ts";
 import { FaultyTransport, type FaultOptions } from "../../host/protocol/faulty-transport.ts";
 import { TransactionReceiver, type ReceivedTransaction, type ReceiverOptions } from "../../host/protocol/receiver.ts";
 import { TransactionSender, type SenderOptions } from "../../host/protocol/sender.ts";
-import { memoryPair, type Transport } from "../../host/protocol/transport.ts";
+import { TransportBase, memoryPair, type Transport } from "../../host/protocol/transport.ts";
 
 /** A transaction as the consumer saw it (copied: views die when the consumer returns). */
 export interface Seen {
@@ -31,13 +31,43 @@ export interface SessionOptions {
   consume?: (transaction: ReceivedTransaction) => void | Promise<void>;
   /** Open the session (receiver ACK, sender waits). Default true. */
   open?: boolean;
+  /**
+   * Called after each chunk has reached the receiver, so a test can act at an exact point of
+   * the stream (the receiver's state is then what that chunk left it in).
+   */
+  afterChunk?: (receiver: TransactionReceiver) => void;
+}
+
+/** The receiver's end, passing everything through and calling `after` once each chunk is handled. */
+class Tapped extends TransportBase {
+  readonly #inner: Transport;
+
+  constructor(inner: Transport, after: () => void) {
+    super();
+    this.#inner = inner;
+    inner.onData((chunk) => {
+      this.deliver(chunk);
+      after();
+    });
+    inner.onClose((error) => this.ended(error));
+  }
+
+  write(chunk: Uint8Array, done: (error?: Error) => void): boolean {
+    return this.#inner.write(chunk, done);
+  }
+
+  close(): void {
+    this.#inner.close();
+  }
 }
 
 export async function session(options: SessionOptions = {}): Promise<Session> {
   const [a, b] = memoryPair();
   const wire = new FaultyTransport(a, options.faults);
   const seen: Seen[] = [];
-  const receiver = new TransactionReceiver(b, async (t) => {
+  const tap = options.afterChunk;
+  const receiverSide = tap ? new Tapped(b, () => tap(receiver)) : b;
+  const receiver: TransactionReceiver = new TransactionReceiver(receiverSide, async (t) => {
     seen.push({ id: t.id, atomic: t.atomic, bytes: t.bytes() });
     await options.consume?.(t);
   }, options.receiver);
