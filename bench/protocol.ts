@@ -22,18 +22,16 @@
  */
 
 import { Buffer } from "node:buffer";
-import { spawn } from "node:child_process";
 import * as net from "node:net";
-import { fileURLToPath } from "node:url";
 import { Cmd, FrameDecoder, HEADER_SIZE } from "../host/protocol/frame.ts";
 import { TransactionSender } from "../host/protocol/sender.ts";
 import { connect } from "../host/protocol/socket-transport.ts";
-import { selfCommand } from "../host/runtime/self-command.ts";
 import { Heap } from "../host/wasm/heap.ts";
 import { DELTA_TOO_LARGE, kernelsFor, type KernelFlavor } from "../host/wasm/kernels.ts";
 import { seededRandom } from "../host/prng.ts";
 import { median, race, type Contender } from "./timing.ts";
 import type { Progress } from "./memory.ts";
+import { startPeer } from "./peer-process.ts";
 
 const PAGE = 4096;
 const TXN = 1 << 20;
@@ -124,22 +122,6 @@ function delta(progress: Progress): Record<string, number> {
   };
 }
 
-/** A bench peer in its own process; resolves with its port once it listens. */
-async function startPeer(args: string[]): Promise<{ port: number; stop: () => void }> {
-  const [command, ...rest] = selfCommand(fileURLToPath(new URL("./tcp-peer.ts", import.meta.url)), args);
-  const child = spawn(command, rest, { stdio: ["ignore", "pipe", "inherit"] });
-  const port = await new Promise<number>((resolve, reject) => {
-    let text = "";
-    child.stdout!.on("data", (chunk: Uint8Array) => {
-      text += new TextDecoder().decode(chunk);
-      const match = /PORT (\d+)/.exec(text);
-      if (match) resolve(Number(match[1]));
-    });
-    child.once("exit", (code) => reject(new Error(`the bench peer exited (${code}) before listening`)));
-  });
-  return { port, stop: () => child.kill() };
-}
-
 /**
  * Seconds to push `total` bytes to the raw peer in writes of `size` bytes, until it answers. The
  * writes rotate through four buffers, as the sender's pool does, rather than resending one
@@ -194,8 +176,8 @@ async function transactionsTcp(port: number, total: number, txn: number, size: n
 async function tcp(progress: Progress): Promise<Record<string, number>> {
   const total = 256 << 20;
   const large = 256 * 1024; // the sender's default buffer size
-  const rawPeer = await startPeer(["raw", String(total)]);
-  const txnPeer = await startPeer(["transactions"]);
+  const rawPeer = await startPeer("./tcp-peer.ts", ["raw", String(total)], "the raw TCP peer");
+  const txnPeer = await startPeer("./tcp-peer.ts", ["transactions"], "the transaction peer");
   const runs: Record<string, () => Promise<number>> = {
     raw_4k: () => rawTcp(rawPeer.port, total, PAGE),
     raw_256k: () => rawTcp(rawPeer.port, total, large),
@@ -215,8 +197,8 @@ async function tcp(progress: Progress): Promise<Record<string, number>> {
       }
     }
   } finally {
-    rawPeer.stop();
-    txnPeer.stop();
+    rawPeer.kill();
+    txnPeer.kill();
   }
   const m = (name: string) => median(gbps[name]);
   return {

@@ -12,48 +12,28 @@
  * running.
  */
 
-import { spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { ReferenceMachine } from "../host/machine/reference-machine.ts";
 import { connect } from "../host/protocol/socket-transport.ts";
 import { migrate } from "../host/replication/migrate.ts";
 import { replicate } from "../host/replication/primary.ts";
-import { selfCommand } from "../host/runtime/self-command.ts";
 import type { Progress } from "./memory.ts";
+import { startPeer } from "./peer-process.ts";
 
 const MIB = 256;
 const PAGES = (MIB << 20) / 4096;
 const WARMUP = 10;
-const MEASURED = 100;
 
-/** A standby in its own process; its port, its result lines, and its exit. */
-async function peer(dirty: number) {
-  const [command, ...args] = selfCommand(fileURLToPath(new URL("./replication-peer.ts", import.meta.url)), [String(MIB), String(dirty)]);
-  const child = spawn(command, args, { stdio: ["ignore", "pipe", "inherit"] });
-  const lines: string[] = [];
-  let text = "";
-  const port = await new Promise<number>((resolve, reject) => {
-    child.stdout!.on("data", (chunk: Uint8Array) => {
-      text += new TextDecoder().decode(chunk);
-      const parts = text.split("\n");
-      text = parts.pop()!;
-      for (const line of parts) {
-        const match = /^PORT (\d+)$/.exec(line);
-        if (match) resolve(Number(match[1]));
-        else lines.push(line);
-      }
-    });
-    child.once("exit", (code) => reject(new Error(`the standby exited (${code}) before listening`)));
-  });
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  const result = async () => {
-    await exited;
-    const r = JSON.parse(lines.find((l) => l.startsWith("{")) ?? "{}") as { failoverMs?: number; reason?: string; error?: string };
-    if (r.error) throw new Error(`replication bench: the standby failed: ${r.error}`);
-    return r;
-  };
-  return { port, result };
+/** What replication-peer.ts reports when its standby ends. */
+interface StandbyReport {
+  failoverMs?: number;
+  reason?: string;
 }
+
+/** A reference-machine standby in its own process. */
+function peer(dirty: number) {
+  return startPeer("./replication-peer.ts", [String(MIB), String(dirty)], "the standby");
+}
+const MEASURED = 100;
 
 async function level(fraction: number, progress: Progress): Promise<{ p50: number; p99: number; rate: number; failoverMs?: number }> {
   const dirty = Math.max(1, Math.round(PAGES * fraction));
@@ -79,7 +59,7 @@ async function level(fraction: number, progress: Progress): Promise<{ p50: numbe
   transport.close(); // the primary "dies": its connection goes
   await op.promise.catch(() => {});
   machine.pause();
-  const standbyResult = await result();
+  const standbyResult = await result<StandbyReport>();
   pauses.sort((a, b) => a - b);
   return { p50: pauses[Math.floor(pauses.length / 2)], p99: pauses[Math.floor(pauses.length * 0.99)], rate, failoverMs: standbyResult.failoverMs };
 }
@@ -91,7 +71,7 @@ async function migration(progress: Progress): Promise<{ totalMs: number; downtim
   machine.step(100); // a few pages and sectors worth copying
   const transport = await connect({ port });
   const migrated = await migrate(machine, transport).promise;
-  const taken = await result();
+  const taken = await result<StandbyReport>();
   if (taken.reason !== "handover") throw new Error(`migration bench: the destination did not take over (${JSON.stringify(taken)})`);
   return { totalMs: migrated.totalMs, downtimeMs: migrated.downtimeMs };
 }

@@ -29,16 +29,14 @@
  * The guest's serial output is checked: counters keep coming, no disk error, no exception.
  */
 
-import { spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { V86Machine } from "../host/emulators/v86/v86-machine.ts";
 import { DetectingDirtyLog } from "../host/memory/detecting-dirty-log.ts";
 import { PAGE_SIZE } from "../host/memory/guest-memory.ts";
 import { seededRandom } from "../host/prng.ts";
 import { connect } from "../host/protocol/socket-transport.ts";
 import { replicate } from "../host/replication/primary.ts";
-import { selfCommand } from "../host/runtime/self-command.ts";
 import type { Progress } from "./memory.ts";
+import { startPeer } from "./peer-process.ts";
 import { median } from "./timing.ts";
 
 const MIB = 1 << 20;
@@ -52,33 +50,9 @@ const MEASURED = 64;
 const FILL_START = 0x106000;
 const BOOT_TIMEOUT_MS = 30_000;
 
-/** A v86 standby in its own process; its port and its result. */
-async function peer(mib: number, cmdline: string) {
-  const [command, ...args] = selfCommand(fileURLToPath(new URL("./replication-peer.ts", import.meta.url)), ["v86", String(mib), cmdline]);
-  const child = spawn(command, args, { stdio: ["ignore", "pipe", "inherit"] });
-  const lines: string[] = [];
-  let text = "";
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  const port = await new Promise<number>((resolve, reject) => {
-    child.stdout!.on("data", (chunk: Uint8Array) => {
-      text += new TextDecoder().decode(chunk);
-      const parts = text.split("\n");
-      text = parts.pop()!;
-      for (const line of parts) {
-        const match = /^PORT (\d+)$/.exec(line);
-        if (match) resolve(Number(match[1]));
-        else lines.push(line);
-      }
-    });
-    child.once("exit", (code) => reject(new Error(`the v86 standby exited (${code}) before listening`)));
-  });
-  const result = async () => {
-    await exited;
-    const r = JSON.parse(lines.find((l) => l.startsWith("{")) ?? "{}") as { outcome?: string; checkpoint?: number; error?: string };
-    if (r.error) throw new Error(`v86 bench: the standby failed: ${r.error}`);
-    return r;
-  };
-  return { port, result, kill: () => child.kill() };
+/** A v86 standby, built with the primary's options, in its own process. */
+function peer(mib: number, cmdline: string) {
+  return startPeer("./replication-peer.ts", ["v86", String(mib), cmdline], "the v86 standby");
 }
 
 /** Writes a pseudo-random pattern, distinct per page and never all zero, over RAM from FILL_START up. */
@@ -214,7 +188,7 @@ async function size(mib: number, progress: Progress): Promise<SizeResult> {
       await op.promise.catch(() => {});
       transport.close();
     }
-    const taken = await standby.result();
+    const taken = await standby.result<{ outcome?: string; checkpoint?: number }>();
     if (taken.outcome !== "stopped") throw new Error(`v86 bench: the standby did not stand down (${JSON.stringify(taken)})`);
 
     const lines = serial.join("").split("\n");
