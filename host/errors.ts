@@ -69,6 +69,18 @@ export const ErrorCode = {
   EmulatorChanged: "E_EMULATOR_CHANGED",
   /** The emulator or its guest could not be started; the message says what to fix. */
   EmulatorStart: "E_EMULATOR_START",
+
+  // Disks and disk images (host/disk/, docs/disks.md).
+  /** The operating system refused a read, write, sync or open of an image file; the message names the file. */
+  DiskIo: "E_DISK_IO",
+  /** An image's metadata is malformed, inconsistent or points outside its file (corrupt or hostile). */
+  DiskFormat: "E_DISK_FORMAT",
+  /** A valid image that uses a feature tandem does not implement; the message names the feature. */
+  DiskUnsupported: "E_DISK_UNSUPPORTED",
+  /** A write, discard or repair of a disk opened read-only (or of an image marked corrupt). */
+  DiskReadOnly: "E_DISK_READ_ONLY",
+  /** A backing file is missing, unreadable, too deep a chain, or a chain that loops back on itself. */
+  DiskBacking: "E_DISK_BACKING",
 } as const;
 
 /** One of the values of {@link ErrorCode}. */
