@@ -17,7 +17,8 @@ type Runner = () => Promise<[string | true, number, number, number]>;
 type Group = [string | null, ...Runner[]];
 const g = globalThis as unknown as { UVU_DEFER: number; UVU_INDEX: number; UVU_QUEUE: Group[] };
 
-const pattern = process.argv[2] ? new RegExp(process.argv[2]) : /\.test\.ts$/;
+// Only *.test.ts files are tests; an argument narrows them to the paths it matches.
+const pattern = process.argv[2] ? new RegExp(`^(?=.*(?:${process.argv[2]})).*\\.test\\.ts$`) : /\.test\.ts$/;
 const { suites } = await parse("test", pattern, { cwd: new URL("..", import.meta.url).pathname });
 
 // uvu 0.5.6 (pinned) queues each file's suites in UVU_QUEUE when UVU_DEFER is set.

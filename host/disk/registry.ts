@@ -9,6 +9,7 @@ import { ErrorCode, TandemError } from "../errors.ts";
 import { FileBlockFile, type BlockFile } from "./block-file.ts";
 import type { Disk } from "./disk.ts";
 import type { CheckReport, DiskCreateOptions, DiskFormat, DiskOpenOptions } from "./format.ts";
+import { qcow2Format } from "./qcow2/qcow2-format.ts";
 import { rawFormat } from "./raw-disk.ts";
 
 /** Backing chains deeper than this are refused: a real chain is a handful of layers. */
@@ -16,7 +17,10 @@ export const MAX_CHAIN_DEPTH = 64;
 /** Bytes of the file's start a format's probe sees. */
 const PROBE_BYTES = 4096;
 
-const formats = new Map<string, DiskFormat>([[rawFormat.name, rawFormat]]);
+const formats = new Map<string, DiskFormat>([
+  [rawFormat.name, rawFormat],
+  [qcow2Format.name, qcow2Format],
+]);
 
 /** Adds a format (replacing one of the same name). */
 export function registerFormat(format: DiskFormat): void {
