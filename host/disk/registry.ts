@@ -8,6 +8,7 @@ import { dirname, isAbsolute, join } from "node:path";
 import { ErrorCode, TandemError } from "../errors.ts";
 import { FileBlockFile, type BlockFile } from "./block-file.ts";
 import type { Disk } from "./disk.ts";
+import { cowFormat } from "./cow/cow-format.ts";
 import type { CheckReport, DiskCreateOptions, DiskFormat, DiskOpenOptions } from "./format.ts";
 import { qcow2Format } from "./qcow2/qcow2-format.ts";
 import { rawFormat } from "./raw-disk.ts";
@@ -19,6 +20,7 @@ const PROBE_BYTES = 4096;
 
 const formats = new Map<string, DiskFormat>([
   [rawFormat.name, rawFormat],
+  [cowFormat.name, cowFormat],
   [qcow2Format.name, qcow2Format],
 ]);
 
