@@ -5,6 +5,7 @@
  */
 
 import { runtimeName } from "../host/runtime/runtime.ts";
+import { runDiskSuite } from "./disk.ts";
 import { runMemorySuite, type Progress } from "./memory.ts";
 import { runProtocolSuite } from "./protocol.ts";
 import { runReplicationSuite } from "./replication.ts";
@@ -12,6 +13,7 @@ import { runV86Suite } from "./v86.ts";
 
 type Metrics = Record<string, number>;
 const SUITES: Record<string, (progress: Progress) => Metrics | Promise<Metrics>> = {
+  disk: runDiskSuite,
   memory: runMemorySuite,
   protocol: runProtocolSuite,
   replication: runReplicationSuite,
