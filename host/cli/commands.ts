@@ -2,6 +2,7 @@
 
 import { VERSION } from "../wasm/embedded.generated.ts";
 import { demoCommand } from "./demo.ts";
+import { IMG_USAGE, imgCommand } from "./img-command.ts";
 import { migrateCommand, primaryCommand, restoreCommand, saveCommand, secondaryCommand } from "./replication-commands.ts";
 import { formatSelftest, selftest } from "./selftest.ts";
 
@@ -37,6 +38,7 @@ Usage:
                              reference machine written in TypeScript (no emulator)
       --memory MIB   guest RAM (32)                --hz N  v86 guest ticks per second (20)
       --dirty F      fraction of RAM pages written per tick (0.001)
+${IMG_USAGE}
   tandem selftest [--json]   load every kernel flavor, check each on known answers,
                              report which is in use and whether SIMD is
   tandem --version           print the version
@@ -73,6 +75,7 @@ export function runCli(args: readonly string[], io: Output): number | Promise<nu
   if (command === "migrate") return migrateCommand(rest, io);
   if (command === "save") return saveCommand(rest, io);
   if (command === "restore") return restoreCommand(rest, io);
+  if (command === "img") return imgCommand(rest, io);
   return usageError(io, `unknown command '${command}'`);
 }
 

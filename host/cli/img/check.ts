@@ -1,0 +1,94 @@
+/**
+ * `tandem img check [-f FMT] [-r leaks|all] [--json] FILE`: the image's metadata checked (and
+ * repaired), with `qemu-img check`'s exit codes: 0 consistent or repaired, 2 errors left, 3 only
+ * leaks left, 63 the format has no metadata to check. A check that cannot complete (the image
+ * cannot be opened or read) fails with exit code 1 through the usual error path.
+ */
+
+import { ErrorCode, TandemError } from "../../errors.ts";
+import type { CheckReport } from "../../disk/format.ts";
+import { checkImage, formatByName } from "../../disk/registry.ts";
+import type { Output } from "../commands.ts";
+import { expectPositionals, knownFormat, parseImgArgs } from "./arguments.ts";
+
+/** The usage line. */
+export const CHECK_SYNOPSIS = "[-f FMT] [-r leaks|all] [--json] FILE";
+
+/** Exit codes, as qemu-img check's (docs/tools/qemu-img.rst); 1 (the check could not complete) comes from the error path. */
+export const CheckExit = { Clean: 0, Errors: 2, Leaks: 3, NotSupported: 63 } as const;
+
+/**
+ * The lines of qemu-img check's closing summary. Some formats end their messages with them; the
+ * command prints its own from the final counts (after a repair, those of the re-check), so
+ * these are dropped from the formats' messages rather than printed twice or stale.
+ */
+const SUMMARY_LINE = /^(No errors were found on the image\.|\d+ errors were found on the image\.|\d+ leaked clusters were found on the image\.|Data may be corrupted, or further writes to the image may corrupt it\.|This means waste of disk space, but no harm to data\.|Image end offset: \d+)$/;
+
+/** A report's findings, without summary lines. */
+function findings(report: CheckReport): string[] {
+  return report.messages.filter((line) => !SUMMARY_LINE.test(line));
+}
+
+/** Runs `tandem img check`; returns the exit code. */
+export function imgCheck(args: readonly string[], io: Output): number {
+  const { values, positionals } = parseImgArgs("check", args, {
+    format: { type: "string", short: "f" },
+    repair: { type: "string", short: "r" },
+    json: { type: "boolean", default: false },
+  });
+  const [file] = expectPositionals("check", positionals, 1, 1, CHECK_SYNOPSIS);
+  if (values.repair !== undefined && values.repair !== "leaks" && values.repair !== "all") {
+    throw new TandemError(ErrorCode.BadArgument, `img check: -r ${values.repair}: give leaks or all`);
+  }
+  const options: { format?: string; repair?: boolean } = {};
+  if (values.format !== undefined) options.format = knownFormat(values.format, "-f");
+
+  const found = checkImage(file, options);
+  if (formatByName(found.format).check === undefined) {
+    io.err(`tandem: img check: ${file}: ${found.messages.join("; ")}`);
+    return CheckExit.NotSupported;
+  }
+  // What the format found, before and after a repair (for both outputs); how the repair went (for people only).
+  const before = findings(found);
+  const after: string[] = [];
+  const repairLines: string[] = [];
+  let final: CheckReport = found;
+  let fixed = { errorsFixed: 0, leaksFixed: 0 };
+  const problems = found.errors > 0 || found.leaks > 0;
+  if (problems && values.repair === "leaks" && found.errors > 0) {
+    // The formats repair leaks and errors in one pass: repairing "leaks only" would touch the errors too.
+    before.push("Not repaired: leaks are repaired together with errors here; run with -r all to repair both.");
+  } else if (problems && values.repair !== undefined) {
+    const repaired = checkImage(file, { ...options, repair: true });
+    fixed = { errorsFixed: repaired.errorsFixed, leaksFixed: repaired.leaksFixed };
+    repairLines.push(
+      "The following inconsistencies were found and repaired:",
+      "",
+      `    ${repaired.leaksFixed} leaked clusters`,
+      `    ${repaired.errorsFixed} corruptions`,
+      "",
+      "Double checking the fixed image now...",
+    );
+    final = checkImage(file, options);
+    if (final.errors > 0 || final.leaks > 0) after.push(...findings(final));
+  }
+
+  if (values.json) io.out(JSON.stringify({ fileName: file, ...final, ...fixed, messages: [...before, ...after] }, null, 4));
+  else io.out([...before, ...repairLines, ...after, ...summary(final)].join("\n"));
+  if (final.errors > 0) return CheckExit.Errors;
+  return final.leaks > 0 ? CheckExit.Leaks : CheckExit.Clean;
+}
+
+/** The closing lines of qemu-img check's report. */
+function summary(report: CheckReport): string[] {
+  const lines: string[] = [];
+  if (report.errors === 0 && report.leaks === 0) lines.push("No errors were found on the image.");
+  if (report.errors > 0) {
+    lines.push(`${report.errors} errors were found on the image.`, "Data may be corrupted, or further writes to the image may corrupt it.");
+  }
+  if (report.leaks > 0) {
+    lines.push(`${report.leaks} leaked clusters were found on the image.`, "This means waste of disk space, but no harm to data.");
+  }
+  if (report.imageEndOffset !== undefined) lines.push(`Image end offset: ${report.imageEndOffset}`);
+  return lines;
+}
