@@ -81,6 +81,20 @@ export const ErrorCode = {
   DiskReadOnly: "E_DISK_READ_ONLY",
   /** A backing file is missing, unreadable, too deep a chain, or a chain that loops back on itself. */
   DiskBacking: "E_DISK_BACKING",
+
+  // Xen (host/xen/). xenstore errors also carry the xs_wire errno name (`XenStoreError.errno`).
+  /** A message that breaks the xs_wire protocol (length over 4096, bad header), or a reply that makes no sense. */
+  XsProtocol: "E_XS_PROTOCOL",
+  /** xenstore ENOENT: no such node, transaction or watch. */
+  XsNotFound: "E_XS_NOT_FOUND",
+  /** xenstore EACCES or EPERM: the caller's domain may not do this to the node. */
+  XsPermission: "E_XS_PERMISSION",
+  /** xenstore EAGAIN: a transaction's commit conflicted with another change; retry the whole transaction. */
+  XsConflict: "E_XS_CONFLICT",
+  /** xenstore E2BIG or ENOSPC: a size or count limit (value size, nodes per domain, watches, transactions). */
+  XsLimit: "E_XS_LIMIT",
+  /** Any other xenstore refusal (EINVAL bad path or argument, EEXIST, ENOSYS, EBUSY...); the errno names it. */
+  XsInvalid: "E_XS_INVALID",
 } as const;
 
 /** One of the values of {@link ErrorCode}. */
