@@ -38,3 +38,16 @@ export { replicate, type ReplicateOptions, type ReleasedOutput, type CheckpointS
 export { standby, type StandbyOptions, type StandbyResult } from "./replication/secondary.ts";
 export { migrate, type MigrateOptions, type MigrationResult } from "./replication/migrate.ts";
 export { save, restore, type SaveResult } from "./replication/save-restore.ts";
+export { DiskBase, mergeExtents, type Disk, type DiskExtent, type DiskInfo } from "./disk/disk.ts";
+export { FileBlockFile, type BlockFile } from "./disk/block-file.ts";
+export type { CheckReport, DiskCreateOptions, DiskFormat, DiskOpenOptions, FormatOpenContext } from "./disk/format.ts";
+export { MAX_CHAIN_DEPTH, checkImage, createImage, formatByName, formatNames, openDisk, probeFormat, registerFormat } from "./disk/registry.ts";
+export { RawDisk } from "./disk/raw-disk.ts";
+export { CowDisk } from "./disk/cow/cow-disk.ts";
+export { Qcow2Disk } from "./disk/qcow2/qcow2-disk.ts";
+export { TrackedDisk, type BatchRecord, type DiskBatch, type TrackedDiskOptions } from "./disk/write-tracker.ts";
+export { applyBatch, recoverJournal, type ApplyBatchOptions, type ApplyReport, type RecoveryReport } from "./disk/batch-journal.ts";
+export { XenStore, XenStoreConnection, type XenStoreLimits, type XenStoreOptions, type WatchCallback } from "./xen/xenstore/store.ts";
+export { serveXenStore, type XenStoreServer, type XenStoreServerOptions } from "./xen/xenstore/server.ts";
+export { XenStoreClient } from "./xen/xenstore/client.ts";
+export { XenStoreError, type XsErrno } from "./xen/xenstore/xs-error.ts";
