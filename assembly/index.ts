@@ -1,4 +1,4 @@
-// The kernels (dirty pages, frames, page deltas), compiled into one module that imports its memory (env.memory),
+// The kernels (dirty pages, frames, page deltas, Xen block requests), compiled into one module that imports its memory (env.memory),
 // so one instance can scan an emulator's own RAM in place. No strings, no allocation,
 // no data segments: instantiating it never writes a byte of the memory it is given.
 
@@ -7,3 +7,4 @@ export { pages_compare, pages_compare_copy } from "./compare";
 export { pages_zero } from "./zero";
 export { frame_encode, frame_decode } from "./frame";
 export { delta_encode, delta_decode } from "./delta";
+export { blkif_parse } from "./blkif";

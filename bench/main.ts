@@ -5,6 +5,7 @@
  */
 
 import { runtimeName } from "../host/runtime/runtime.ts";
+import { runBlkifSuite } from "./blkif.ts";
 import { runDiskSuite } from "./disk.ts";
 import { runMemorySuite, type Progress } from "./memory.ts";
 import { runProtocolSuite } from "./protocol.ts";
@@ -13,6 +14,7 @@ import { runV86Suite } from "./v86.ts";
 
 type Metrics = Record<string, number>;
 const SUITES: Record<string, (progress: Progress) => Metrics | Promise<Metrics>> = {
+  blkif: runBlkifSuite,
   disk: runDiskSuite,
   memory: runMemorySuite,
   protocol: runProtocolSuite,

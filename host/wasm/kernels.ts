@@ -1,5 +1,5 @@
 /**
- * The kernels (dirty pages, transaction frames, page deltas) behind one typed interface, in three flavors: Wasm with SIMD, Wasm
+ * The kernels (dirty pages, transaction frames, page deltas, Xen block requests) behind one typed interface, in three flavors: Wasm with SIMD, Wasm
  * without, and the plain-TypeScript twin. All three take byte offsets into one {@link Heap}
  * and give identical results (the tests hold them to it), so callers pick by speed alone.
  */
@@ -13,6 +13,7 @@ import { pagesCompare, pagesCompareCopy } from "./twin/compare.ts";
 import { BAD_INDEX, pagesZero } from "./twin/zero.ts";
 import { frameDecode, frameEncode } from "./twin/frame.ts";
 import { DELTA_TOO_LARGE, deltaDecode, deltaEncode } from "./twin/delta.ts";
+import { RING_OVERFLOW, blkifParse } from "./twin/blkif.ts";
 
 /** Which implementation runs: Wasm SIMD, Wasm scalar, or the TypeScript twin. */
 export type KernelFlavor = "simd" | "scalar" | "ts";
@@ -20,7 +21,7 @@ export type KernelFlavor = "simd" | "scalar" | "ts";
 /** All flavors, fastest first. */
 export const KERNEL_FLAVORS: readonly KernelFlavor[] = ["simd", "scalar", "ts"];
 
-export { BAD_INDEX, DELTA_TOO_LARGE };
+export { BAD_INDEX, DELTA_TOO_LARGE, RING_OVERFLOW };
 
 /**
  * Entries past the count that a bitmap scan may write (assembly/bitmap.ts SCAN_SLACK): its
@@ -57,6 +58,12 @@ export interface Kernels {
   deltaEncode(prev: number, next: number, size: number, out: number, limit: number): number;
   /** Applies a delta to `page` in place; 0, or 1 if the delta is malformed. */
   deltaDecode(page: number, size: number, delta: number, len: number): number;
+  /**
+   * Copies and checks the blkif requests from `reqCons` toward `reqProd` of the ring at `ring`
+   * into 128-byte records at `out`; the record count, or {@link RING_OVERFLOW} for an impossible
+   * req_prod. See assembly/blkif.ts; host/xen/blkif/request-parser.ts is the typed caller.
+   */
+  blkifParse(ring: number, abi: number, entries: number, reqCons: number, reqProd: number, rspProdPvt: number, maxRequests: number, limits: number, out: number): number;
 }
 
 /**
@@ -105,6 +112,8 @@ function wasmKernels(heap: Heap, flavor: "simd" | "scalar"): Kernels {
       e.frame_decode(state, input, len, events, maxEvents, maxPayload, stopMask) >>> 0,
     deltaEncode: (prev, next, size, out, limit) => e.delta_encode(prev, next, size, out, limit) >>> 0,
     deltaDecode: (page, size, delta, len) => e.delta_decode(page, size, delta, len) >>> 0,
+    blkifParse: (ring, abi, entries, reqCons, reqProd, rspProdPvt, maxRequests, limits, out) =>
+      e.blkif_parse(ring, abi, entries, reqCons, reqProd, rspProdPvt, maxRequests, limits, out) >>> 0,
   };
 }
 
@@ -123,5 +132,7 @@ function twinKernels(heap: Heap): Kernels {
       frameDecode(heap, state, input, len, events, maxEvents, maxPayload, stopMask),
     deltaEncode: (prev, next, size, out, limit) => deltaEncode(heap, prev, next, size, out, limit),
     deltaDecode: (page, size, delta, len) => deltaDecode(heap, page, size, delta, len),
+    blkifParse: (ring, abi, entries, reqCons, reqProd, rspProdPvt, maxRequests, limits, out) =>
+      blkifParse(heap, ring, abi, entries, reqCons, reqProd, rspProdPvt, maxRequests, limits, out),
   };
 }

@@ -24,6 +24,7 @@ export interface KernelExports {
   frame_decode(state: number, input: number, len: number, events: number, maxEvents: number, maxPayload: number, stopMask: number): number;
   delta_encode(prev: number, next: number, size: number, out: number, limit: number): number;
   delta_decode(page: number, size: number, delta: number, len: number): number;
+  blkif_parse(ring: number, abi: number, entries: number, reqCons: number, reqProd: number, rspProdPvt: number, maxRequests: number, limits: number, out: number): number;
 }
 
 const modules = new Map<WasmFlavor, WebAssembly.Module>();
@@ -46,7 +47,7 @@ export function simdSupported(): boolean {
   return WebAssembly.validate(kernelBytes("simd"));
 }
 
-/** The compiled module of one flavor (compiled once, synchronously: it is ~1.5 KB). */
+/** The compiled module of one flavor (compiled once, synchronously: it is a few KB). */
 export function kernelModule(flavor: WasmFlavor): WebAssembly.Module {
   let module = modules.get(flavor);
   if (!module) {
