@@ -95,6 +95,17 @@ export const ErrorCode = {
   XsLimit: "E_XS_LIMIT",
   /** Any other xenstore refusal (EINVAL bad path or argument, EEXIST, ENOSYS, EBUSY...); the errno names it. */
   XsInvalid: "E_XS_INVALID",
+  /** A grant reference outside the granting domain's grant table (Xen's GNTST_bad_gntref). */
+  GrantRef: "E_GRANT_REF",
+  /**
+   * A grant entry that does not give this domain this access: not permit_access, granted to another
+   * domain, a write through a read-only grant, or a frame outside the granter's memory.
+   */
+  GrantDenied: "E_GRANT_DENIED",
+  /** A grant still mapped (GTF_reading/GTF_writing set) when its access is ended, or no free grant entry. */
+  GrantInUse: "E_GRANT_IN_USE",
+  /** An event channel port that is not open, not in the state the call needs, or none free. */
+  EvtchnPort: "E_EVTCHN_PORT",
 } as const;
 
 /** One of the values of {@link ErrorCode}. */
