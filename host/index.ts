@@ -51,3 +51,12 @@ export { XenStore, XenStoreConnection, type XenStoreLimits, type XenStoreOptions
 export { serveXenStore, type XenStoreServer, type XenStoreServerOptions } from "./xen/xenstore/server.ts";
 export { XenStoreClient } from "./xen/xenstore/client.ts";
 export { XenStoreError, type XsErrno } from "./xen/xenstore/xs-error.ts";
+export { GrantTable, grantStatusError, type GrantCopySegment, type GrantTableOptions } from "./xen/grants/grant-table.ts";
+export { GrantFlag, GrantStatus } from "./xen/grants/grant-entry.ts";
+export { GrantMapping } from "./xen/grants/grant-mapping.ts";
+export { EventChannels, type EventChannelsOptions, type EventHandler } from "./xen/event-channel.ts";
+export { XenbusState, backendTransition, frontendTransition, type BackendEvent, type FrontendEvent } from "./xen/xenbus/states.ts";
+export { XenbusBackend, type BackendDevice, type XenbusBackendOptions } from "./xen/xenbus/backend.ts";
+export { XenbusFrontend, type FrontendDevice, type XenbusFrontendOptions } from "./xen/xenbus/frontend.ts";
+export { createDevice, removeDevice, unplugDevice, type DeviceKeys } from "./xen/xenbus/toolstack.ts";
+export { BlkifRequestParser, RequestStatus, responseStatusFor, type BlkifRequest, type BlkifSegment, type ParseResult } from "./xen/blkif/request-parser.ts";
