@@ -60,3 +60,6 @@ export { XenbusBackend, type BackendDevice, type XenbusBackendOptions } from "./
 export { XenbusFrontend, type FrontendDevice, type XenbusFrontendOptions } from "./xen/xenbus/frontend.ts";
 export { createDevice, removeDevice, unplugDevice, type DeviceKeys } from "./xen/xenbus/toolstack.ts";
 export { BlkifRequestParser, RequestStatus, responseStatusFor, type BlkifRequest, type BlkifSegment, type ParseResult } from "./xen/blkif/request-parser.ts";
+export { XenBlockDevice, MAX_RING_PAGE_ORDER, type XenBlockDeviceOptions, type XenBlockDeviceType } from "./xen/block/xen-block-device.ts";
+export { XenBlockDataplane, type DataplaneOptions, type DataplaneStats } from "./xen/block/dataplane.ts";
+export { XenBlockFrontend, type BlockResult, type XenBlockFrontendOptions } from "./xen/block/frontend.ts";
