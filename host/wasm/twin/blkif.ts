@@ -39,12 +39,21 @@ const R_SECTOR = 16;
 const R_NR_SECTORS = 24;
 const R_SEG = 32;
 
-const L_SECTORS = 0;
-const L_FLAGS = 8;
-const L_OPERATIONS = 12;
-const L_SECTOR_SIZE = 16;
-const L_MAX_INDIRECT = 20;
-const FLAG_READ_ONLY = 1;
+// The limits block (assembly/blkif.ts), also written by host/xen/blkif/request-parser.ts.
+/** Bytes of the limits block. */
+export const LIMITS_SIZE = 32;
+/** u64: the disk's size in 512-byte sectors. */
+export const L_SECTORS = 0;
+/** u32: FLAG_READ_ONLY. */
+export const L_FLAGS = 8;
+/** u32: a bit per operation the backend advertises (1 << BLKIF_OP_*). */
+export const L_OPERATIONS = 12;
+/** u32: the logical sector size in bytes. */
+export const L_SECTOR_SIZE = 16;
+/** u32: feature-max-indirect-segments (0: no indirect requests). */
+export const L_MAX_INDIRECT = 20;
+/** The disk refuses everything but reads. */
+export const FLAG_READ_ONLY = 1;
 
 const REQ_OK = 0;
 const REQ_UNSUPPORTED_OP = 1;

@@ -12,6 +12,7 @@
 import { ErrorCode, TandemError } from "../../errors.ts";
 import type { Heap } from "../../wasm/heap.ts";
 import { RING_OVERFLOW, kernelsFor, type KernelFlavor, type Kernels } from "../../wasm/kernels.ts";
+import { FLAG_READ_ONLY, LIMITS_SIZE, L_FLAGS, L_MAX_INDIRECT, L_OPERATIONS, L_SECTORS, L_SECTOR_SIZE } from "../../wasm/twin/blkif.ts";
 import {
   BlkifOp, BlkifStatus, MAX_INDIRECT_PAGES_PER_REQUEST, MAX_RING_PAGES, MAX_SEGMENTS_PER_REQUEST, RING_PAGE_SIZE,
   SEGMENTS_PER_INDIRECT_PAGE, SRING_REQ_PROD, ringEntries, type BlkifAbi,
@@ -41,14 +42,6 @@ export const RECORD_NR_SECTORS = 24;
 /** Offset of the segments (8 bytes each) or the indirect grefs (u32 each). */
 export const RECORD_SEGMENTS = 32;
 
-// The limits block the kernel reads (assembly/blkif.ts).
-const LIMITS_SIZE = 32;
-const L_SECTORS = 0;
-const L_FLAGS = 8;
-const L_OPERATIONS = 12;
-const L_SECTOR_SIZE = 16;
-const L_MAX_INDIRECT = 20;
-const FLAG_READ_ONLY = 1;
 
 /** What the parser found wrong with a request, in the order it checks; 0 is fine. */
 export const RequestStatus = {

@@ -29,7 +29,7 @@ import {
   MAX_RING_PAGES, RESPONSE_ID, RESPONSE_OPERATION, RESPONSE_STATUS, RING_PAGE_SIZE, SRING_HEADER_SIZE, SRING_REQ_EVENT,
   SRING_REQ_PROD, SRING_RSP_EVENT, SRING_RSP_PROD, layoutFor, ringEntries, type BlkifAbi, type RequestLayout,
 } from "../blkif/ring-layout.ts";
-import { BlkifRequestParser, RECORD_SIZE } from "../blkif/request-parser.ts";
+import { BlkifRequestParser, RECORD_SIZE, type BlkifDiskLimits } from "../blkif/request-parser.ts";
 import { RequestExecutor } from "./request-executor.ts";
 import { RingPages } from "./ring-pages.ts";
 
@@ -38,22 +38,12 @@ export const DEFAULT_MAX_BATCH = 32;
 /** Rings' worth of requests one wake serves before yielding to the event loop. */
 const RINGS_PER_WAKE = 4;
 
-/** The disk and what the backend advertised about it. */
-export interface DataplaneDisk {
+/**
+ * The disk and what the backend advertised about it. Defaults as the parser's, except that
+ * barrier is offered unless `barrier: false` (served as a flush) and discard only when writable.
+ */
+export interface DataplaneDisk extends BlkifDiskLimits {
   disk: Disk;
-  /** Size in 512-byte sectors, as advertised in `sectors`. */
-  sectors: number;
-  readOnly: boolean;
-  /** `sector-size`; default 512. */
-  logicalSectorSize?: number;
-  /** feature-flush-cache; default true. */
-  flush?: boolean;
-  /** feature-barrier; default true (served as a flush). */
-  barrier?: boolean;
-  /** feature-discard; default true unless read-only. */
-  discard?: boolean;
-  /** feature-max-indirect-segments; 0 disables indirect requests. Default 256. */
-  maxIndirectSegments?: number;
 }
 
 /** How a dataplane is set up. */
