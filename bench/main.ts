@@ -8,6 +8,7 @@ import { runtimeName } from "../host/runtime/runtime.ts";
 import { runBlkifSuite } from "./blkif.ts";
 import { runDiskSuite } from "./disk.ts";
 import { runMemorySuite, type Progress } from "./memory.ts";
+import { runNbdSuite } from "./nbd.ts";
 import { runProtocolSuite } from "./protocol.ts";
 import { runReplicationSuite } from "./replication.ts";
 import { runV86Suite } from "./v86.ts";
@@ -17,6 +18,7 @@ const SUITES: Record<string, (progress: Progress) => Metrics | Promise<Metrics>>
   blkif: runBlkifSuite,
   disk: runDiskSuite,
   memory: runMemorySuite,
+  nbd: runNbdSuite,
   protocol: runProtocolSuite,
   replication: runReplicationSuite,
   v86: runV86Suite,

@@ -5,6 +5,7 @@ import { demoCommand } from "./demo.ts";
 import { IMG_USAGE, imgCommand } from "./img-command.ts";
 import { migrateCommand, primaryCommand, restoreCommand, saveCommand, secondaryCommand } from "./replication-commands.ts";
 import { formatSelftest, selftest } from "./selftest.ts";
+import { SERVE_USAGE, serveCommand } from "./serve-command.ts";
 import { xenstoredCommand } from "./xenstored-command.ts";
 
 /** Where a command writes: stdout and stderr lines. */
@@ -40,6 +41,7 @@ Usage:
       --memory MIB   guest RAM (32)                --hz N  v86 guest ticks per second (20)
       --dirty F      fraction of RAM pages written per tick (0.001)
 ${IMG_USAGE}
+${SERVE_USAGE}
   tandem xenstored --socket PATH
                              serve a xenstore on the Unix socket PATH (xs_wire protocol), for
                              Xen's xenstore-utils (XENSTORED_PATH=PATH) and frontends; runs
@@ -82,6 +84,7 @@ export function runCli(args: readonly string[], io: Output): number | Promise<nu
   if (command === "restore") return restoreCommand(rest, io);
   if (command === "xenstored") return xenstoredCommand(rest, io);
   if (command === "img") return imgCommand(rest, io);
+  if (command === "serve") return serveCommand(rest, io);
   return usageError(io, `unknown command '${command}'`);
 }
 
