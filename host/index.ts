@@ -63,3 +63,4 @@ export { BlkifRequestParser, RequestStatus, responseStatusFor, type BlkifRequest
 export { XenBlockDevice, MAX_RING_PAGE_ORDER, type XenBlockDeviceOptions, type XenBlockDeviceType } from "./xen/block/xen-block-device.ts";
 export { XenBlockDataplane, type DataplaneOptions, type DataplaneStats } from "./xen/block/dataplane.ts";
 export { XenBlockFrontend, type BlockResult, type XenBlockFrontendOptions } from "./xen/block/frontend.ts";
+export { NbdServer, type NbdAddress, type NbdLog, type NbdServerOptions } from "./nbd/server.ts";
