@@ -1,3 +1,4 @@
+import { readFileSync, writeFileSync } from "node:fs";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import type { Disk } from "../host/disk/disk.ts";
@@ -120,6 +121,30 @@ async function simpleReply(client: RawClient, dataBytes = 0): Promise<{ error: n
   const data = error === 0 && dataBytes > 0 ? (await client.read(dataBytes))! : new Uint8Array(0);
   return { error, cookie: Number(view.getBigUint64(8)), data };
 }
+
+test("a --socket path that is a regular file is refused, and the file is left alone", async () => {
+  const tmp = tempDir("nbd-path");
+  try {
+    const path = tmp.path("not-a-socket");
+    writeFileSync(path, "precious");
+    createImage(tmp.path("disk.raw"), "raw", { size: MiB });
+    const disk = openDisk(tmp.path("disk.raw"));
+    try {
+      let code: string | undefined;
+      try {
+        await NbdServer.listen({ disk }, { path });
+      } catch (error) {
+        code = (error as { code?: string }).code;
+      }
+      assert.is(code, "E_BAD_ARGUMENT");
+      assert.is(readFileSync(path, "utf8"), "precious");
+    } finally {
+      disk.close();
+    }
+  } finally {
+    tmp.remove();
+  }
+});
 
 test("qemu-img info, qemu-io write -P / read -P over nbd:// on a raw image; the file holds the writes", async () => {
   if (!nbdTest("raw over TCP")) return;

@@ -5,9 +5,10 @@
  * errors or closed, never affecting the others or the image.
  */
 
-import { existsSync, rmSync } from "node:fs";
+import { existsSync, lstatSync, rmSync } from "node:fs";
 import * as net from "node:net";
 import type { Disk } from "../disk/disk.ts";
+import { ErrorCode, TandemError } from "../errors.ts";
 import { Handshake, type ExportDescription, type Want } from "./handshake.ts";
 import { InputQueue } from "./input-queue.ts";
 import { MAX_PAYLOAD, Transmission } from "./transmission.ts";
@@ -67,7 +68,13 @@ export class NbdServer {
   /** Starts listening. */
   static async listen(options: NbdServerOptions, where: NbdAddress): Promise<NbdServer> {
     const listener = net.createServer({ noDelay: true });
-    if ("path" in where && existsSync(where.path)) rmSync(where.path);
+    if ("path" in where && existsSync(where.path)) {
+      // A socket left by a server that died is replaced; any other file is not ours to remove.
+      if (!lstatSync(where.path).isSocket()) {
+        throw new TandemError(ErrorCode.BadArgument, `${where.path} exists and is not a socket; choose another --socket path`);
+      }
+      rmSync(where.path);
+    }
     await new Promise<void>((resolve, reject) => {
       listener.once("error", reject);
       if ("path" in where) listener.listen(where.path, resolve);
