@@ -221,28 +221,34 @@ for (const config of [
   });
 }
 
-/** Runs the kill writer on `image` and SIGKILLs it `delayMs` after it is ready; returns the last flushed op count it printed. */
-async function runAndKill(image: string, seed: number, operations: number, delayMs: number): Promise<{ flushed: number; done: boolean }> {
+/**
+ * Runs the kill writer on `image` and SIGKILLs it `delayMs` after it reports `killAfter`
+ * operations flushed (so the kill lands mid-run however fast the machine is); returns the last
+ * flushed operation count it printed, and whether it finished anyway.
+ */
+async function runAndKill(image: string, seed: number, operations: number, killAfter: number, delayMs: number): Promise<{ flushed: number; done: boolean }> {
   const script = fileURLToPath(new URL("./support/qcow2-kill-writer.ts", import.meta.url));
   const [command, ...args] = selfCommand(script, [image, String(seed), "8", String(operations)]);
   const child = spawn(command, args, { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, TANDEM_QCOW2_KILL_WRITER: "1" } });
   let text = "";
   let flushed = 0;
   let done = false;
-  let ready: () => void = () => {};
-  const isReady = new Promise<void>((resolve) => (ready = resolve));
+  let reached: () => void = () => {};
+  const isReached = new Promise<void>((resolve) => (reached = resolve));
   child.stdout!.on("data", (chunk: Uint8Array) => {
     text += new TextDecoder().decode(chunk);
     const lines = text.split("\n");
     text = lines.pop() ?? "";
     for (const line of lines) {
-      if (line === "ready") ready();
-      else if (line === "done") done = true;
-      else if (line.startsWith("flushed ")) flushed = Number(line.slice(8));
+      if (line === "done") done = true;
+      else if (line.startsWith("flushed ")) {
+        flushed = Number(line.slice(8));
+        if (flushed >= killAfter) reached();
+      }
     }
   });
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  await Promise.race([isReady, exited]);
+  await Promise.race([isReached, exited]);
   await new Promise((resolve) => setTimeout(resolve, delayMs));
   child.kill("SIGKILL");
   await exited;
@@ -253,14 +259,15 @@ test("kill -9 at random moments: qemu-img check finds leaks at most, every flush
   if (!qemuTest("qcow2 kill -9")) return;
   const random = seededRandom(77);
   const size = 16 * MiB;
-  const operations = 3000;
+  const operations = 8000;
   let killedMidway = 0;
   let flushedSomething = 0;
   for (let round = 0; round < 3; round++) {
     const image = dir.path(`killed-${round}.qcow2`);
     createImage(image, "qcow2", { size, clusterSize: [4 * KiB, 64 * KiB, 512][round] });
     const seed = 100 + round;
-    const { flushed, done } = await runAndKill(image, seed, operations, 150 + Math.floor(random() * 500));
+    const killAfter = 8 * (1 + Math.floor(random() * 150));
+    const { flushed, done } = await runAndKill(image, seed, operations, killAfter, Math.floor(random() * 20));
     if (!done) killedMidway++;
     if (flushed > 0) flushedSomething++;
     const check = qemuCheck(image);

@@ -1,6 +1,6 @@
 /**
  * The deterministic workload of the kill -9 test (test/qcow2-crash.test.ts), shared by the test
- * and the writer it kills (test/qcow2-kill-writer.ts) so both know every operation. Not a test file.
+ * and the writer it kills (test/support/qcow2-kill-writer.ts) so both know every operation. Not a test file.
  */
 
 import { seededRandom } from "../../host/prng.ts";

@@ -14,7 +14,6 @@ if (process.env.TANDEM_QCOW2_KILL_WRITER === "1") {
   const [image, seed, flushEvery, operations] = process.argv.slice(2);
   const disk = openDisk(image);
   const ops = killWorkload(Number(seed), disk.size, Number(operations));
-  process.stdout.write("ready\n");
   for (let i = 0; i < ops.length; i++) {
     const op = ops[i];
     if (op.kind === "write") disk.write(op.offset, op.data);
