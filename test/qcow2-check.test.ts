@@ -146,7 +146,10 @@ function hostOffset(path: string, guest: number): number {
   return (extent.offset as number) + (guest - extent.start);
 }
 
-/** Runs `fn` and asserts it finishes within `ms` milliseconds; returns its report, or the TandemError code it threw. */
+/**
+ * Runs `fn` and asserts it finishes within `ms` milliseconds (a guard against hangs on hostile
+ * images, with room for a loaded CI machine); returns its report, or the TandemError code it threw.
+ */
 function quickly(ms: number, fn: () => CheckReport): CheckReport | string {
   const start = performance.now();
   let outcome: CheckReport | string;
@@ -442,13 +445,13 @@ test("hostile: an L1 table far too large for the file, or a refcount table past 
   if (!qemuTest("hostile headers")) return;
   const huge = clone(corruptionBase(), "huge-l1.qcow2");
   writeU32(huge, 36, 0x7fffffff);
-  assert.is(quickly(1000, () => ourCheck(huge)), ErrorCode.DiskFormat);
+  assert.is(quickly(10_000, () => ourCheck(huge)), ErrorCode.DiskFormat);
   const table = clone(corruptionBase(), "reftable-past-end.qcow2");
   writeU64(table, 48, BigInt(Math.ceil(readFileSync(table).length / 65536 + 16) * 65536));
-  assert.is(quickly(1000, () => ourCheck(table)), ErrorCode.DiskFormat);
+  assert.is(quickly(10_000, () => ourCheck(table)), ErrorCode.DiskFormat);
   const snapshots = clone(corruptionBase(), "many-snapshots.qcow2");
   writeU32(snapshots, 60, 0xffffffff);
-  assert.is(quickly(1000, () => ourCheck(snapshots)), ErrorCode.DiskFormat);
+  assert.is(quickly(10_000, () => ourCheck(snapshots)), ErrorCode.DiskFormat);
 });
 
 test("hostile: a million L1 entries all pointing at one L2 table: overflow errors, quickly, and a repair that finishes", () => {
@@ -464,9 +467,9 @@ test("hostile: a million L1 entries all pointing at one L2 table: overflow error
   writeBytes(path, at, l1);
   writeU32(path, 36, entries);
   writeU64(path, 40, BigInt(at));
-  const found = quickly(3000, () => ourCheck(path));
+  const found = quickly(20_000, () => ourCheck(path));
   assert.ok(typeof found !== "string" && found.errors > entries - 65536, "every reference past 65535 is an overflow error");
-  const repaired = quickly(5000, () => ourCheck(path, true));
+  const repaired = quickly(30_000, () => ourCheck(path, true));
   assert.ok(typeof repaired !== "string" && repaired.errors > 0, "overflow cannot be repaired");
 });
 
@@ -477,7 +480,7 @@ test("hostile: loops (an L1 entry pointing at the L1 table, an L2 entry at its o
   writeU64(path, header.l1TableOffset + 8, COPIED | BigInt(header.l1TableOffset));
   const entry = l2EntryAt(path, 40 * 65536);
   writeU64(path, entry, COPIED | BigInt(entry - (entry % 65536)));
-  assert.ok(typeof quickly(1000, () => agreeWithQemu(path, "loops")) !== "string");
+  assert.ok(typeof quickly(10_000, () => agreeWithQemu(path, "loops")) !== "string");
 });
 
 test("hostile: 1-bit refcounts with a cluster referenced twice: an overflow error, never a wrap, as qemu-img counts it", () => {
@@ -518,7 +521,7 @@ test("hostile: 2000 snapshots sharing the active L1 table: counted per path, as 
   writeBytes(path, at, table);
   writeU32(path, 60, count);
   writeU64(path, 64, BigInt(at));
-  const found = quickly(3000, () => agreeWithQemu(path, "shared snapshot L1"));
+  const found = quickly(20_000, () => agreeWithQemu(path, "shared snapshot L1"));
   assert.ok(typeof found !== "string" && found.errors > 0);
   const repaired = ourCheck(path, true);
   assert.is(repaired.errors + repaired.leaks, 0, repaired.messages.slice(-6).join(" | "));
@@ -679,7 +682,7 @@ test(`fuzz: ${FUZZ_ROUNDS} images with metadata bits flipped: check and repair f
     }
     reports++;
     const repaired = checkBytes(bytes, true);
-    assert.ok(performance.now() - start < 2000, `round ${round} took too long`);
+    assert.ok(performance.now() - start < 20_000, `round ${round} took too long`);
     if (repaired.report === undefined || repaired.report.errors + repaired.report.leaks > 0) continue;
     const again = checkBytes(repaired.repaired, false).report;
     assert.is(again?.errors, 0, `round ${round}: ${again?.messages.join(" | ")}`);

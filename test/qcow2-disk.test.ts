@@ -148,7 +148,7 @@ test("a 64 TiB disk: map, discard and writeZeroes over empty L2 ranges take one 
   disk.write(size - 512, new Uint8Array(512).fill(1));
   assert.equal(disk.read(size - 1024, 1024), new Uint8Array(1024).fill(1, 512));
   assert.is(disk.map(0, size).length, 2);
-  assert.ok(performance.now() - started < 5000, "bounded work");
+  assert.ok(performance.now() - started < 30_000, "bounded work (a guard against a hang, not a speed target)");
   disk.close();
 });
 
