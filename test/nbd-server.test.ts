@@ -29,6 +29,7 @@ import {
   NBD_STATE_HOLE,
   NBD_STATE_ZERO,
 } from "../host/nbd/protocol.ts";
+import { concat } from "./support/bytes.ts";
 import { mustRun, nbdTest, RawClient, runTool } from "./support/nbd.ts";
 import { qemuCheck, qemuIo, tempDir } from "./support/qemu.ts";
 
@@ -53,22 +54,13 @@ function u32(value: number): Uint8Array {
   new DataView(out.buffer).setUint32(0, value);
   return out;
 }
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
 function option(code: number, data: Uint8Array = new Uint8Array(0)): Uint8Array {
   const header = new Uint8Array(16);
   const view = new DataView(header.buffer);
   view.setBigUint64(0, IHAVEOPT);
   view.setUint32(8, code);
   view.setUint32(12, data.length);
-  return concat(header, data);
+  return concat([header, data]);
 }
 function request(type: number, cookie: number, offset: number, length: number, flags = 0): Uint8Array {
   const out = new Uint8Array(28);
@@ -99,7 +91,7 @@ async function handshake(client: RawClient, name = EXPORT): Promise<number> {
   assert.is(view.getBigUint64(8), IHAVEOPT);
   client.write(u32(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES));
   const nameBytes = new TextEncoder().encode(name);
-  client.write(option(NBD_OPT_GO, concat(u32(nameBytes.length), nameBytes, new Uint8Array(2))));
+  client.write(option(NBD_OPT_GO, concat([u32(nameBytes.length), nameBytes, new Uint8Array(2)])));
   let flags = -1;
   for (let i = 0; i < 8; i++) {
     const reply = await optionReply(client);
@@ -231,7 +223,7 @@ test("a read-only export: qemu-io reads but its writes fail; a raw WRITE gets EP
       const client = await RawClient.connect(server.address as { port: number });
       try {
         assert.ok((await handshake(client)) & NBD_FLAG_READ_ONLY);
-        client.write(concat(request(NBD_CMD_WRITE, 1, 0, 4096), new Uint8Array(4096).fill(0x66)));
+        client.write(concat([request(NBD_CMD_WRITE, 1, 0, 4096), new Uint8Array(4096).fill(0x66)]));
         assert.is((await simpleReply(client)).error, NBD_EPERM);
         client.write(request(NBD_CMD_READ, 2, 0, 4096));
         const read = await simpleReply(client, 4096);
@@ -268,10 +260,10 @@ test("hostile clients: bad magic, unknown option and export, 4 GiB WRITE, past t
       client.write(option(0x7777, new Uint8Array(10)));
       assert.equal(await optionReply(client).then((r) => [r.option, r.type]), [0x7777, NBD_REP_ERR_UNSUP]);
       const bad = new TextEncoder().encode("nope");
-      client.write(option(NBD_OPT_GO, concat(u32(bad.length), bad, new Uint8Array(2))));
+      client.write(option(NBD_OPT_GO, concat([u32(bad.length), bad, new Uint8Array(2)])));
       assert.is((await optionReply(client)).type, NBD_REP_ERR_UNKNOWN);
       const name = new TextEncoder().encode(EXPORT);
-      client.write(option(NBD_OPT_GO, concat(u32(name.length), name, new Uint8Array(2))));
+      client.write(option(NBD_OPT_GO, concat([u32(name.length), name, new Uint8Array(2)])));
       for (let reply = await optionReply(client); reply.type !== NBD_REP_ACK; reply = await optionReply(client)) assert.is(reply.type, NBD_REP_INFO);
 
       // A WRITE claiming 4 GiB - 1 is refused at once; its payload would be skipped.
@@ -282,7 +274,7 @@ test("hostile clients: bad magic, unknown option and export, 4 GiB WRITE, past t
       const client2 = await RawClient.connect(where);
       await handshake(client2);
       client2.write(request(NBD_CMD_READ, 11, 4 * MiB - 512, 4096));
-      client2.write(concat(request(NBD_CMD_WRITE, 12, 4 * MiB, 16), new Uint8Array(16)));
+      client2.write(concat([request(NBD_CMD_WRITE, 12, 4 * MiB, 16), new Uint8Array(16)]));
       client2.write(request(NBD_CMD_READ, 13, 2 ** 62, 1));
       client2.write(request(0x33, 14, 0, 0));
       client2.write(request(NBD_CMD_READ, 15, 0, 64 * MiB));
@@ -296,7 +288,7 @@ test("hostile clients: bad magic, unknown option and export, 4 GiB WRITE, past t
       // Half a write's payload, then gone: nothing of it reaches the disk.
       const quitter = await RawClient.connect(where);
       await handshake(quitter);
-      quitter.write(concat(request(NBD_CMD_WRITE, 20, MiB, 65536), new Uint8Array(30000).fill(0xee)));
+      quitter.write(concat([request(NBD_CMD_WRITE, 20, MiB, 65536), new Uint8Array(30000).fill(0xee)]));
       await new Promise((resolve) => setTimeout(resolve, 100));
       quitter.destroy();
 
@@ -330,14 +322,14 @@ test("pipelined requests are all answered with their cookies; FUA flushes before
       const burst: Uint8Array[] = [];
       for (let i = 0; i < 32; i++) burst.push(request(NBD_CMD_WRITE, 100 + i, i * 65536, 4096), new Uint8Array(4096).fill(i + 1));
       for (let i = 0; i < 32; i++) burst.push(request(NBD_CMD_READ, 200 + i, i * 65536, 4096));
-      client.write(concat(...burst));
+      client.write(concat(burst));
       for (let i = 0; i < 32; i++) assert.equal(await simpleReply(client).then((r) => [r.cookie, r.error]), [100 + i, 0]);
       for (let i = 0; i < 32; i++) {
         const read = await simpleReply(client, 4096);
         assert.equal([read.cookie, read.data[0], read.data[4095]], [200 + i, i + 1, i + 1]);
       }
       assert.is(flushes, 0, "no flush without FUA");
-      client.write(concat(request(NBD_CMD_WRITE, 300, 0, 512, NBD_CMD_FLAG_FUA), new Uint8Array(512)));
+      client.write(concat([request(NBD_CMD_WRITE, 300, 0, 512, NBD_CMD_FLAG_FUA), new Uint8Array(512)]));
       assert.is((await simpleReply(client)).error, 0);
       assert.is(flushes, 1, "FUA flushed before the reply");
       client.write(request(NBD_CMD_WRITE_ZEROES, 301, 4 * MiB, MiB, NBD_CMD_FLAG_NO_HOLE));
