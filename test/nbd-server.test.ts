@@ -5,8 +5,6 @@ import type { Disk } from "../host/disk/disk.ts";
 import { createImage, openDisk } from "../host/disk/registry.ts";
 import { NbdServer, type NbdAddress } from "../host/nbd/server.ts";
 import {
-  IHAVEOPT,
-  NBDMAGIC,
   NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE,
   NBD_CMD_READ,
@@ -23,14 +21,11 @@ import {
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
-  NBD_REP_MAGIC,
-  NBD_REQUEST_MAGIC,
-  NBD_SIMPLE_REPLY_MAGIC,
   NBD_STATE_HOLE,
   NBD_STATE_ZERO,
 } from "../host/nbd/protocol.ts";
 import { concat } from "./support/bytes.ts";
-import { mustRun, nbdTest, RawClient, runTool } from "./support/nbd.ts";
+import { handshake, mustRun, nbdTest, option, optionReply, RawClient, request, runTool, simpleReply, u32 } from "./support/nbd.ts";
 import { qemuCheck, qemuIo, tempDir } from "./support/qemu.ts";
 
 const test = suite("NBD server: qemu-img, qemu-io and nbdinfo against tandem's server; hostile raw clients");
@@ -47,71 +42,6 @@ async function serving(disk: Disk, where: NbdAddress, body: (server: NbdServer) 
     await server.close();
     disk.close();
   }
-}
-
-function u32(value: number): Uint8Array {
-  const out = new Uint8Array(4);
-  new DataView(out.buffer).setUint32(0, value);
-  return out;
-}
-function option(code: number, data: Uint8Array = new Uint8Array(0)): Uint8Array {
-  const header = new Uint8Array(16);
-  const view = new DataView(header.buffer);
-  view.setBigUint64(0, IHAVEOPT);
-  view.setUint32(8, code);
-  view.setUint32(12, data.length);
-  return concat([header, data]);
-}
-function request(type: number, cookie: number, offset: number, length: number, flags = 0): Uint8Array {
-  const out = new Uint8Array(28);
-  const view = new DataView(out.buffer);
-  view.setUint32(0, NBD_REQUEST_MAGIC);
-  view.setUint16(4, flags);
-  view.setUint16(6, type);
-  view.setBigUint64(8, BigInt(cookie));
-  view.setBigUint64(16, BigInt(offset));
-  view.setUint32(24, length);
-  return out;
-}
-
-/** Reads one option reply: its type and data. */
-async function optionReply(client: RawClient): Promise<{ option: number; type: number; data: Uint8Array }> {
-  const header = (await client.read(20))!;
-  const view = new DataView(header.buffer);
-  assert.is(view.getBigUint64(0), NBD_REP_MAGIC);
-  const data = (await client.read(view.getUint32(16)))!;
-  return { option: view.getUint32(8), type: view.getUint32(12), data };
-}
-
-/** Greeting, client flags, then NBD_OPT_GO for `name` without structured replies; the transmission flags. */
-async function handshake(client: RawClient, name = EXPORT): Promise<number> {
-  const greeting = (await client.read(18))!;
-  const view = new DataView(greeting.buffer);
-  assert.is(view.getBigUint64(0), NBDMAGIC);
-  assert.is(view.getBigUint64(8), IHAVEOPT);
-  client.write(u32(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES));
-  const nameBytes = new TextEncoder().encode(name);
-  client.write(option(NBD_OPT_GO, concat([u32(nameBytes.length), nameBytes, new Uint8Array(2)])));
-  let flags = -1;
-  for (let i = 0; i < 8; i++) {
-    const reply = await optionReply(client);
-    if (reply.type === NBD_REP_ACK) return flags;
-    assert.is(reply.type, NBD_REP_INFO);
-    const info = new DataView(reply.data.buffer);
-    if (info.getUint16(0) === 0) flags = info.getUint16(10);
-  }
-  throw new Error("no NBD_REP_ACK after NBD_OPT_GO");
-}
-
-/** Reads a simple reply: its error and cookie, and `dataBytes` of data after a success. */
-async function simpleReply(client: RawClient, dataBytes = 0): Promise<{ error: number; cookie: number; data: Uint8Array }> {
-  const header = await client.read(16);
-  assert.ok(header !== null, "the server closed the connection instead of replying");
-  const view = new DataView(header.buffer);
-  assert.is(view.getUint32(0), NBD_SIMPLE_REPLY_MAGIC);
-  const error = view.getUint32(4);
-  const data = error === 0 && dataBytes > 0 ? (await client.read(dataBytes))! : new Uint8Array(0);
-  return { error, cookie: Number(view.getBigUint64(8)), data };
 }
 
 test("a --socket path that is a regular file is refused, and the file is left alone", async () => {
@@ -222,7 +152,7 @@ test("a read-only export: qemu-io reads but its writes fail; a raw WRITE gets EP
       assert.ok(write.status !== 0 || /error|failed|denied|read-only/i.test(write.stdout + write.stderr), write.stdout + write.stderr);
       const client = await RawClient.connect(server.address as { port: number });
       try {
-        assert.ok((await handshake(client)) & NBD_FLAG_READ_ONLY);
+        assert.ok((await handshake(client, EXPORT)) & NBD_FLAG_READ_ONLY);
         client.write(concat([request(NBD_CMD_WRITE, 1, 0, 4096), new Uint8Array(4096).fill(0x66)]));
         assert.is((await simpleReply(client)).error, NBD_EPERM);
         client.write(request(NBD_CMD_READ, 2, 0, 4096));
@@ -272,7 +202,7 @@ test("hostile clients: bad magic, unknown option and export, 4 GiB WRITE, past t
       client.destroy();
 
       const client2 = await RawClient.connect(where);
-      await handshake(client2);
+      await handshake(client2, EXPORT);
       client2.write(request(NBD_CMD_READ, 11, 4 * MiB - 512, 4096));
       client2.write(concat([request(NBD_CMD_WRITE, 12, 4 * MiB, 16), new Uint8Array(16)]));
       client2.write(request(NBD_CMD_READ, 13, 2 ** 62, 1));
@@ -287,7 +217,7 @@ test("hostile clients: bad magic, unknown option and export, 4 GiB WRITE, past t
 
       // Half a write's payload, then gone: nothing of it reaches the disk.
       const quitter = await RawClient.connect(where);
-      await handshake(quitter);
+      await handshake(quitter, EXPORT);
       quitter.write(concat([request(NBD_CMD_WRITE, 20, MiB, 65536), new Uint8Array(30000).fill(0xee)]));
       await new Promise((resolve) => setTimeout(resolve, 100));
       quitter.destroy();
@@ -318,7 +248,7 @@ test("pipelined requests are all answered with their cookies; FUA flushes before
     };
     await serving(disk, { port: 0 }, async (server) => {
       const client = await RawClient.connect(server.address as { port: number });
-      await handshake(client);
+      await handshake(client, EXPORT);
       const burst: Uint8Array[] = [];
       for (let i = 0; i < 32; i++) burst.push(request(NBD_CMD_WRITE, 100 + i, i * 65536, 4096), new Uint8Array(4096).fill(i + 1));
       for (let i = 0; i < 32; i++) burst.push(request(NBD_CMD_READ, 200 + i, i * 65536, 4096));

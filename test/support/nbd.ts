@@ -6,6 +6,20 @@
 
 import { execFile, spawnSync } from "node:child_process";
 import * as net from "node:net";
+import * as assert from "uvu/assert";
+import {
+  IHAVEOPT,
+  NBDMAGIC,
+  NBD_FLAG_C_FIXED_NEWSTYLE,
+  NBD_FLAG_C_NO_ZEROES,
+  NBD_OPT_GO,
+  NBD_REP_ACK,
+  NBD_REP_INFO,
+  NBD_REP_MAGIC,
+  NBD_REQUEST_MAGIC,
+  NBD_SIMPLE_REPLY_MAGIC,
+} from "../../host/nbd/protocol.ts";
+import { concat } from "./bytes.ts";
 
 /** The tools the NBD tests drive. */
 const TOOLS = ["qemu-img", "qemu-io", "nbdinfo"] as const;
@@ -112,4 +126,74 @@ export class RawClient {
   destroy(): void {
     this.socket.destroy();
   }
+}
+
+// --- hand-built protocol messages, for raw clients -----------------------------------------
+
+/** A big-endian u32, as NBD sends every integer. */
+export function u32(value: number): Uint8Array {
+  const out = new Uint8Array(4);
+  new DataView(out.buffer).setUint32(0, value);
+  return out;
+}
+/** A client option: IHAVEOPT, the option code and its data. */
+export function option(code: number, data: Uint8Array = new Uint8Array(0)): Uint8Array {
+  const header = new Uint8Array(16);
+  const view = new DataView(header.buffer);
+  view.setBigUint64(0, IHAVEOPT);
+  view.setUint32(8, code);
+  view.setUint32(12, data.length);
+  return concat([header, data]);
+}
+/** A transmission request header (28 bytes). */
+export function request(type: number, cookie: number, offset: number, length: number, flags = 0): Uint8Array {
+  const out = new Uint8Array(28);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, NBD_REQUEST_MAGIC);
+  view.setUint16(4, flags);
+  view.setUint16(6, type);
+  view.setBigUint64(8, BigInt(cookie));
+  view.setBigUint64(16, BigInt(offset));
+  view.setUint32(24, length);
+  return out;
+}
+
+/** Reads one option reply: its type and data. */
+export async function optionReply(client: RawClient): Promise<{ option: number; type: number; data: Uint8Array }> {
+  const header = (await client.read(20))!;
+  const view = new DataView(header.buffer);
+  assert.is(view.getBigUint64(0), NBD_REP_MAGIC);
+  const data = (await client.read(view.getUint32(16)))!;
+  return { option: view.getUint32(8), type: view.getUint32(12), data };
+}
+
+/** Greeting, client flags, then NBD_OPT_GO for `name` without structured replies; the transmission flags. */
+export async function handshake(client: RawClient, name: string): Promise<number> {
+  const greeting = (await client.read(18))!;
+  const view = new DataView(greeting.buffer);
+  assert.is(view.getBigUint64(0), NBDMAGIC);
+  assert.is(view.getBigUint64(8), IHAVEOPT);
+  client.write(u32(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES));
+  const nameBytes = new TextEncoder().encode(name);
+  client.write(option(NBD_OPT_GO, concat([u32(nameBytes.length), nameBytes, new Uint8Array(2)])));
+  let flags = -1;
+  for (let i = 0; i < 8; i++) {
+    const reply = await optionReply(client);
+    if (reply.type === NBD_REP_ACK) return flags;
+    assert.is(reply.type, NBD_REP_INFO);
+    const info = new DataView(reply.data.buffer);
+    if (info.getUint16(0) === 0) flags = info.getUint16(10);
+  }
+  throw new Error("no NBD_REP_ACK after NBD_OPT_GO");
+}
+
+/** Reads a simple reply: its error and cookie, and `dataBytes` of data after a success. */
+export async function simpleReply(client: RawClient, dataBytes = 0): Promise<{ error: number; cookie: number; data: Uint8Array }> {
+  const header = await client.read(16);
+  assert.ok(header !== null, "the server closed the connection instead of replying");
+  const view = new DataView(header.buffer);
+  assert.is(view.getUint32(0), NBD_SIMPLE_REPLY_MAGIC);
+  const error = view.getUint32(4);
+  const data = error === 0 && dataBytes > 0 ? (await client.read(dataBytes))! : new Uint8Array(0);
+  return { error, cookie: Number(view.getBigUint64(8)), data };
 }
