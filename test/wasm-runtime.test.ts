@@ -10,9 +10,11 @@ const test = suite("wasm loader and heap");
 
 test("embedded modules are valid Wasm and SIMD is available on this runtime", () => {
   for (const flavor of ["simd", "scalar"] as const) {
-    const bytes = kernelBytes(flavor);
-    assert.equal(Array.from(bytes.subarray(0, 4)), [0x00, 0x61, 0x73, 0x6d], `${flavor} magic`);
-    assert.ok(WebAssembly.validate(bytes), `${flavor} validates`);
+    for (const shared of [false, true]) {
+      const bytes = kernelBytes(flavor, shared);
+      assert.equal(Array.from(bytes.subarray(0, 4)), [0x00, 0x61, 0x73, 0x6d], `${flavor} magic`);
+      assert.ok(WebAssembly.validate(bytes), `${flavor}${shared ? " (shared)" : ""} validates`);
+    }
   }
   // Node 20+, Deno and Bun all have Wasm SIMD; if this fails the runtime is not supported.
   assert.ok(simdSupported());
@@ -21,16 +23,40 @@ test("embedded modules are valid Wasm and SIMD is available on this runtime", ()
 
 test("a kernel module imports its memory and has no data segment, export or start that writes it", () => {
   for (const flavor of ["simd", "scalar"] as const) {
-    const module = new WebAssembly.Module(kernelBytes(flavor));
-    assert.equal(WebAssembly.Module.imports(module), [{ module: "env", name: "memory", kind: "memory" }]);
-    const memory = new WebAssembly.Memory({ initial: 2 });
-    const bytes = new Uint8Array(memory.buffer);
-    for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 13 + 7) & 0xff;
-    instantiateKernels(memory, flavor);
-    const after = new Uint8Array(memory.buffer);
-    for (let i = 0; i < after.length; i++) {
-      if (after[i] !== ((i * 13 + 7) & 0xff)) assert.unreachable(`${flavor}: instantiation wrote byte ${i}`);
+    for (const shared of [false, true]) {
+      const module = new WebAssembly.Module(kernelBytes(flavor, shared));
+      assert.equal(WebAssembly.Module.imports(module), [{ module: "env", name: "memory", kind: "memory" }]);
+      const memory = new WebAssembly.Memory(shared ? { initial: 2, maximum: 16, shared: true } : { initial: 2 });
+      const bytes = new Uint8Array(memory.buffer);
+      for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 13 + 7) & 0xff;
+      instantiateKernels(memory, flavor);
+      const after = new Uint8Array(memory.buffer);
+      for (let i = 0; i < after.length; i++) {
+        if (after[i] !== ((i * 13 + 7) & 0xff)) assert.unreachable(`${flavor}${shared ? " (shared)" : ""}: instantiation wrote byte ${i}`);
+      }
     }
+  }
+});
+
+test("a shared memory gets the shared build, which finds the same changed pages as the unshared one", () => {
+  const pages = 64;
+  const fill = (memory: WebAssembly.Memory) => {
+    const u8 = new Uint8Array(memory.buffer);
+    for (let i = 0; i < pages * 4096; i++) u8[i] = (i * 31) & 0xff;
+    u8.copyWithin(pages * 4096, 0, pages * 4096);
+    for (const page of [0, 7, 63]) u8[page * 4096 + 4095] ^= 0x5a;
+  };
+  const size = Math.ceil((2 * pages * 4096 + 4 * pages) / WASM_PAGE_SIZE);
+  const shared = new WebAssembly.Memory({ initial: size, maximum: 64, shared: true });
+  const plain = new WebAssembly.Memory({ initial: size });
+  for (const flavor of ["simd", "scalar"] as const) {
+    const found = [shared, plain].map((memory) => {
+      fill(memory);
+      const n = instantiateKernels(memory, flavor).pages_compare(0, pages * 4096, pages, 2 * pages * 4096);
+      return Array.from(new Uint32Array(memory.buffer, 2 * pages * 4096, n));
+    });
+    assert.equal(found[0], [0, 7, 63], `${flavor}, shared`);
+    assert.equal(found[1], found[0], `${flavor}: shared and unshared differ`);
   }
 });
 

@@ -9,7 +9,10 @@ import { KERNEL_WASM_BASE64 } from "./embedded.generated.ts";
 import { ErrorCode, TandemError } from "../errors.ts";
 
 /** Instruction-set flavors of the compiled kernels. */
-export type WasmFlavor = keyof typeof KERNEL_WASM_BASE64;
+export type WasmFlavor = "simd" | "scalar";
+
+/** One compiled module: a flavor, for a memory of its own kind (shared by threads, or not). */
+type ModuleKey = keyof typeof KERNEL_WASM_BASE64;
 
 /** The raw exports of a kernel instance (see assembly/index.ts for each contract). */
 export interface KernelExports {
@@ -27,19 +30,28 @@ export interface KernelExports {
   blkif_parse(ring: number, abi: number, entries: number, reqCons: number, reqProd: number, rspProdPvt: number, maxRequests: number, limits: number, out: number): number;
 }
 
-const modules = new Map<WasmFlavor, WebAssembly.Module>();
-const bytesCache = new Map<WasmFlavor, Uint8Array<ArrayBuffer>>();
+const modules = new Map<ModuleKey, WebAssembly.Module>();
+const bytesCache = new Map<ModuleKey, Uint8Array<ArrayBuffer>>();
 
-/** The embedded bytes of one flavor's module. */
-export function kernelBytes(flavor: WasmFlavor): Uint8Array<ArrayBuffer> {
-  let bytes = bytesCache.get(flavor);
+/**
+ * The embedded bytes of one flavor's module. A module imports its memory either as unshared or
+ * as shared (what a memory that threads share must be imported as), never both: `shared` picks.
+ */
+export function kernelBytes(flavor: WasmFlavor, shared = false): Uint8Array<ArrayBuffer> {
+  const key: ModuleKey = shared ? `${flavor}-shared` : flavor;
+  let bytes = bytesCache.get(key);
   if (!bytes) {
-    const text = atob(KERNEL_WASM_BASE64[flavor]);
+    const text = atob(KERNEL_WASM_BASE64[key]);
     bytes = new Uint8Array(text.length);
     for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
-    bytesCache.set(flavor, bytes);
+    bytesCache.set(key, bytes);
   }
   return bytes;
+}
+
+/** Whether `memory` is shared between threads (its buffer a SharedArrayBuffer). */
+export function isSharedMemory(memory: WebAssembly.Memory): boolean {
+  return typeof SharedArrayBuffer !== "undefined" && memory.buffer instanceof SharedArrayBuffer;
 }
 
 /** Whether this runtime can run Wasm SIMD (validates the SIMD module itself). */
@@ -47,21 +59,25 @@ export function simdSupported(): boolean {
   return WebAssembly.validate(kernelBytes("simd"));
 }
 
-/** The compiled module of one flavor (compiled once, synchronously: it is a few KB). */
-export function kernelModule(flavor: WasmFlavor): WebAssembly.Module {
-  let module = modules.get(flavor);
+/** The compiled module of one flavor for unshared or shared memories (compiled once, synchronously: it is a few KB). */
+export function kernelModule(flavor: WasmFlavor, shared = false): WebAssembly.Module {
+  const key: ModuleKey = shared ? `${flavor}-shared` : flavor;
+  let module = modules.get(key);
   if (!module) {
     if (flavor === "simd" && !simdSupported()) {
       throw new TandemError(ErrorCode.KernelUnavailable, "this runtime has no Wasm SIMD; use the scalar kernels");
     }
-    module = new WebAssembly.Module(kernelBytes(flavor));
-    modules.set(flavor, module);
+    module = new WebAssembly.Module(kernelBytes(flavor, shared));
+    modules.set(key, module);
   }
   return module;
 }
 
-/** A new kernel instance of `flavor` working on `memory`. Instantiation writes nothing. */
+/**
+ * A new kernel instance of `flavor` working on `memory`, shared or not. Instantiation writes
+ * nothing.
+ */
 export function instantiateKernels(memory: WebAssembly.Memory, flavor: WasmFlavor): KernelExports {
-  const instance = new WebAssembly.Instance(kernelModule(flavor), { env: { memory } });
+  const instance = new WebAssembly.Instance(kernelModule(flavor, isSharedMemory(memory)), { env: { memory } });
   return instance.exports as unknown as KernelExports;
 }
