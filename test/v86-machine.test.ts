@@ -58,10 +58,12 @@ test("RAM is v86's own memory, scanned in place: a guest write shows in the mach
   }
 });
 
-test("save, restore into another instance: identical RAM and disk, and the guest counts on from where it was saved", async () => {
-  const a = await V86Machine.create(options());
-  const b = await V86Machine.create(options());
+test("save, restore into another instance: identical RAM and disk, and the guest counts on from where it was saved (unshared memory to shared)", async () => {
+  const a = await V86Machine.create({ ...options(), sharedMemory: false });
+  const b = await V86Machine.create({ ...options(), sharedMemory: true });
   try {
+    assert.not.ok(a.memory[0].wasmMemory!.buffer instanceof SharedArrayBuffer, "sharedMemory: false keeps v86's own memory");
+    assert.ok(b.memory[0].wasmMemory!.buffer instanceof SharedArrayBuffer, "sharedMemory: true runs v86 on a shared memory");
     const before = listen(a);
     a.resume();
     await until(() => before.last >= 20, 15_000);

@@ -13,6 +13,10 @@
  *   `cpu.mem8` (a view whose `byteOffset` is where RAM starts), `cpu.memory_size[0]` bytes.
  * - `cpu.pack_memory()` / `cpu.unpack_memory()`: how save_state and restore_state carry RAM;
  *   replaced per call to leave RAM out (tandem's checkpoints carry it).
+ * - `cpu.codegen_finalize(index, start, flags, ptr, length)`: how v86 links the module its JIT
+ *   compiled at `ptr` in its memory; it reads the module through `cpu.wasm_memory.buffer` and
+ *   links it against `cpu.jit_imports` (whose `m` is the memory). With a shared memory, each such
+ *   module is rewritten to import it as shared first ({@link shareJitCode}).
  */
 
 import { ErrorCode, TandemError } from "../../errors.ts";
@@ -27,6 +31,8 @@ export interface V86Cpu {
   memory_size: Int32Array | Uint32Array;
   pack_memory(): { bitmap: { get_buffer(): ArrayBuffer }; packed_memory: Uint8Array };
   unpack_memory(bitmap: unknown, packed: Uint8Array): void;
+  codegen_finalize(index: number, start: number, stateFlags: number, ptr: number, length: number): void;
+  jit_imports: { m?: WebAssembly.Memory };
 }
 
 /** The part of v86's inner machine (`emulator.v86`) tandem touches. */
@@ -64,6 +70,8 @@ export function checkV86Internals(emulator: object): V86Core {
       if (!(cpu.wasm_memory instanceof WebAssembly.Memory)) problems.push("cpu.wasm_memory is not a WebAssembly.Memory");
       if (typeof cpu.pack_memory !== "function") problems.push("cpu.pack_memory() is missing");
       if (typeof cpu.unpack_memory !== "function") problems.push("cpu.unpack_memory() is missing");
+      if (typeof cpu.codegen_finalize !== "function") problems.push("cpu.codegen_finalize() is missing");
+      if (!cpu.jit_imports || cpu.jit_imports.m !== cpu.wasm_memory) problems.push("cpu.jit_imports.m is not v86's memory");
       const size = cpu.memory_size?.[0];
       if (typeof size !== "number" || size <= 0) problems.push("cpu.memory_size[0] is not the RAM size");
       const mem8 = cpu.mem8;
@@ -113,4 +121,26 @@ export function restoreDeviceState(core: V86Core, state: Uint8Array): void {
   } finally {
     cpu.unpack_memory = ownUnpack;
   }
+}
+
+/**
+ * Makes v86's JIT work on a shared memory: each module it compiles imports the memory as
+ * unshared, which a shared memory cannot satisfy, so the module is rewritten (`share`, see
+ * shared-memory.ts) before v86 links it. v86's own linking code then runs unchanged: during the
+ * call it reads the rewritten module from a stand-in for its memory, and links it against the
+ * real one. Call once, before the guest first runs.
+ */
+export function shareJitCode(core: V86Core, share: (module: Uint8Array) => Uint8Array<ArrayBuffer>): void {
+  const cpu = core.cpu;
+  const link = cpu.codegen_finalize;
+  cpu.codegen_finalize = function (index, start, stateFlags, ptr, length) {
+    const memory = cpu.wasm_memory;
+    const module = share(new Uint8Array(memory.buffer, ptr >>> 0, length >>> 0));
+    cpu.wasm_memory = { buffer: module.buffer } as unknown as WebAssembly.Memory;
+    try {
+      link.call(cpu, index, start, stateFlags, 0, module.length);
+    } finally {
+      cpu.wasm_memory = memory;
+    }
+  };
 }

@@ -3,7 +3,9 @@
  * checkpoint, replicate and migrate a real x86 PC emulator (docs/embedding.md walks through it).
  *
  * - RAM is v86's own WebAssembly.Memory, scanned in place by tandem's kernels (which import that
- *   memory); v86 cannot report writes, so the engine finds them with a detecting dirty log.
+ *   memory); v86 cannot report writes, so the engine finds them with a detecting dirty log. By
+ *   default that memory is made shared (shared-memory.ts), so the log's compare of all of RAM,
+ *   the whole of a checkpoint's pause, runs on two cores.
  * - Device state is v86's save_state without the RAM (v86-internals.ts).
  * - Serial output is cut into lines and handed to the engine, which holds it until the
  *   checkpoint of the epoch that printed it commits.
@@ -21,8 +23,9 @@ import type { BitmapDirtyLog } from "../../memory/bitmap-dirty-log.ts";
 import { GuestMemory } from "../../memory/guest-memory.ts";
 import type { Machine, MachineDisk, MachineOutput } from "../../machine/machine.ts";
 import { MemoryDisk } from "../../machine/memory-disk.ts";
+import { MAX_WASM_PAGES, shareModuleMemory, type SharedMemoryModule } from "./shared-memory.ts";
 import { V86Disk } from "./v86-disk.ts";
-import { checkV86Internals, restoreDeviceState, saveDeviceState, v86Ram, type V86Core } from "./v86-internals.ts";
+import { checkV86Internals, restoreDeviceState, saveDeviceState, shareJitCode, v86Ram, type V86Core } from "./v86-internals.ts";
 
 /** Options of a {@link V86Machine}; a standby must use the same as its primary. */
 export interface V86MachineOptions {
@@ -36,6 +39,13 @@ export interface V86MachineOptions {
   disk?: MachineDisk | null;
   /** VGA memory in bytes, part of every device state; v86 raises anything smaller to 256 KiB, the default. */
   vgaMemoryBytes?: number;
+  /**
+   * Run v86 on a shared WebAssembly.Memory, so that a second thread can help find the pages
+   * the guest changed (the checkpoint pause halves on two cores). Default: true where the
+   * runtime has SharedArrayBuffer. It changes nothing in the guest or its saved state, so a
+   * primary and its standby may differ in it.
+   */
+  sharedMemory?: boolean;
 }
 
 /** The built-in guest (guest/counter): counts on serial0, dirties RAM, stamps disk sectors. */
@@ -46,6 +56,19 @@ export function builtInGuest(): Uint8Array {
 /** v86's Wasm module, next to its JavaScript: v86 cannot find it by itself when loaded as ESM. */
 function v86WasmPath(): string {
   return fileURLToPath(new URL("v86.wasm", import.meta.resolve("v86")));
+}
+
+/** v86's module rewritten to import a shared memory, compiled once per process. */
+let sharedV86: { module: WebAssembly.Module; minPages: number } | undefined;
+
+/** v86's `wasm_fn` hook: instantiates the rewritten module over a new shared memory. */
+async function instantiateShared(imports: WebAssembly.Imports): Promise<WebAssembly.Exports> {
+  if (!sharedV86) {
+    const rewritten: SharedMemoryModule = shareModuleMemory(readFileSync(v86WasmPath()));
+    sharedV86 = { module: await WebAssembly.compile(rewritten.bytes), minPages: rewritten.minPages };
+  }
+  const memory = new WebAssembly.Memory({ initial: sharedV86.minPages, maximum: MAX_WASM_PAGES, shared: true });
+  return (await WebAssembly.instantiate(sharedV86.module, { ...imports, env: { ...imports.env, memory } })).exports;
 }
 
 const MIB = 1 << 20;
@@ -86,6 +109,7 @@ export class V86Machine implements Machine {
     const disk = options.disk === undefined ? new MemoryDisk(MIB) : options.disk;
     // Guest writes reach the machine once it exists; none can happen before (the guest is stopped).
     let diskWritten: (offset: number, data: Uint8Array) => void = () => {};
+    const shared = options.sharedMemory ?? typeof SharedArrayBuffer !== "undefined";
     const v86Options: V86Options = {
       wasm_path: v86WasmPath(),
       multiboot: { buffer: (options.multiboot ?? builtInGuest()).slice().buffer },
@@ -97,6 +121,7 @@ export class V86Machine implements Machine {
       disable_mouse: true,
     };
     if (options.cmdline) v86Options.cmdline = options.cmdline;
+    if (shared) v86Options.wasm_fn = instantiateShared;
     // v86 takes any object with its loadable's methods as a disk; its typings only name images.
     if (disk) v86Options.hda = new V86Disk(disk, (offset, data) => diskWritten(offset, data)) as unknown as V86Options["hda"];
     const emulator = new V86(v86Options);
@@ -107,7 +132,10 @@ export class V86Machine implements Machine {
         resolve();
       });
     });
-    const machine = new V86Machine(emulator, checkV86Internals(emulator), disk);
+    const core = checkV86Internals(emulator);
+    // Before the guest first runs, so that no code is ever compiled against the unshared declaration.
+    if (shared) shareJitCode(core, (module) => shareModuleMemory(module, { module: "e", name: "m" }).bytes);
+    const machine = new V86Machine(emulator, core, disk);
     diskWritten = (offset, data) => machine.#diskWrite(0, offset, data);
     return machine;
   }
