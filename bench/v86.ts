@@ -17,7 +17,9 @@
  * - save_state: pause, `await emulator.save_state()` (v86 does it synchronously), resume;
  * - breakdown: pause, collect of a detecting dirty log of the bench's own over the whole RAM
  *   (the scan replication's capture does for v86, which cannot report writes; it sees the
- *   changes since its previous round, as the checkpoint does), saveDevices, resume.
+ *   changes since its previous round, as the checkpoint does), saveDevices, resume. v86 runs
+ *   on a shared memory, so that log splits its compare with a helper thread, as replication's
+ *   does; a second log limited to one thread is timed in the same pause, for comparison.
  * pause_ms is CheckpointStats.pauseMs: pause, capture of the dirty pages into the stream
  * writer (scan, zero-page check, copy), device state, disk writes, outputs, resume.
  * checkpoint_vs_save_state is the median save_state over the median pause, same machine, same
@@ -88,6 +90,10 @@ interface SizeResult {
   pauseP99: number;
   saveStateP50: number;
   scanP50: number;
+  /** The same scan by a log limited to one thread, in the same pauses. */
+  scanOneThreadP50: number;
+  /** Threads the scan used (2 when v86 runs on a shared memory and a helper thread split it). */
+  scanThreads: number;
   devicesP50: number;
   dirtyPages: number;
   checkpointBytes: number;
@@ -112,14 +118,19 @@ async function size(mib: number, progress: Progress): Promise<SizeResult> {
     fillRam(m, memoryBytes);
     // The bench's own scanner, for the breakdown; primed (its first collect is all of RAM).
     const scanner = new DetectingDirtyLog(m.memory[0]);
-    scanner.arm();
-    scanner.collect();
+    const oneThread = new DetectingDirtyLog(m.memory[0], { threads: 1 });
+    for (const log of [scanner, oneThread]) {
+      log.arm();
+      log.collect();
+    }
     m.resume();
 
     const transport = await connect({ port: standby.port });
     const pauses: number[] = [];
     const saves: number[] = [];
     const scans: number[] = [];
+    const oneThreadScans: number[] = [];
+    let threads = 1;
     const devices: number[] = [];
     const pages: number[] = [];
     const bytes: number[] = [];
@@ -144,8 +155,11 @@ async function size(mib: number, progress: Progress): Promise<SizeResult> {
       const scanned = performance.now();
       const state = m.saveDevices();
       const end = performance.now();
+      oneThread.collect();
+      const alone = performance.now();
       m.resume();
-      return { scanMs: scanned - start, devicesMs: end - scanned, bytes: state.length };
+      threads = scanner.parallel ? 2 : 1;
+      return { scanMs: scanned - start, devicesMs: end - scanned, oneThreadMs: alone - end, bytes: state.length };
     };
     const side = async (round: number) => {
       if (!m.running) return; // throttled or stopping: nothing to compare with
@@ -159,6 +173,7 @@ async function size(mib: number, progress: Progress): Promise<SizeResult> {
           const b = timeBreakdown();
           if (measured) {
             scans.push(b.scanMs);
+            oneThreadScans.push(b.oneThreadMs);
             devices.push(b.devicesMs);
           }
           deviceBytes = b.bytes;
@@ -203,6 +218,8 @@ async function size(mib: number, progress: Progress): Promise<SizeResult> {
       pauseP99: sortedPauses[Math.floor(sortedPauses.length * 0.99)],
       saveStateP50: median(saves),
       scanP50: median(scans),
+      scanOneThreadP50: median(oneThreadScans),
+      scanThreads: threads,
       devicesP50: median(devices),
       dirtyPages: median(pages),
       checkpointBytes: median(bytes),
@@ -229,6 +246,8 @@ export async function runV86Suite(progress: Progress): Promise<Record<string, nu
     metrics[`checkpoint_vs_save_state_${s}`] = r.saveStateP50 / r.pauseP50;
     metrics[`dirty_scan_ms_p50_${s}`] = r.scanP50;
     metrics[`dirty_scan_gb_per_s_${s}`] = (mib * MIB) / (r.scanP50 / 1000) / 1e9;
+    metrics[`dirty_scan_threads_${s}`] = r.scanThreads;
+    metrics[`dirty_scan_ms_p50_1thread_${s}`] = r.scanOneThreadP50;
     metrics[`save_devices_ms_p50_${s}`] = r.devicesP50;
     metrics[`dirty_pages_per_checkpoint_${s}`] = r.dirtyPages;
     metrics[`checkpoint_bytes_p50_${s}`] = r.checkpointBytes;

@@ -20,6 +20,7 @@ import { fileURLToPath } from "node:url";
 import { V86, type V86Options } from "v86";
 import { ErrorCode, TandemError } from "../../errors.ts";
 import type { BitmapDirtyLog } from "../../memory/bitmap-dirty-log.ts";
+import { closeCompareHelper } from "../../memory/compare-helper.ts";
 import { GuestMemory } from "../../memory/guest-memory.ts";
 import type { Machine, MachineDisk, MachineOutput } from "../../machine/machine.ts";
 import { MemoryDisk } from "../../machine/memory-disk.ts";
@@ -183,6 +184,8 @@ export class V86Machine implements Machine {
     this.#destroyed = true;
     this.pause();
     await this.emulator.destroy();
+    const memory = this.memory[0].wasmMemory;
+    if (memory) closeCompareHelper(memory);
   }
 
   #serial(byte: number): void {
