@@ -14,6 +14,7 @@
 import { Worker } from "node:worker_threads";
 import { ErrorCode, TandemError } from "../errors.ts";
 import { isSharedMemory, kernelBytes, type WasmFlavor } from "../wasm/loader.ts";
+import { PAGE_SIZE } from "./guest-memory.ts";
 
 /**
  * The control block, an Int32Array over a SharedArrayBuffer, by word index. The caller writes
@@ -40,6 +41,9 @@ const STATUS_NO_KERNELS = 2;
 /** FAULT values (0: none): answer with STATUS_TRAP without running; never answer. */
 const FAULT_ERROR = 1;
 const FAULT_SILENT = 2;
+
+/** Pages the worker compares per kernel call (4 MiB, well under a millisecond), checking STOP between calls. */
+const CHUNK_PAGES = 1024;
 
 /**
  * How long a caller waits for an answer. A half of a 4 GiB guest compares in well under a
@@ -72,7 +76,18 @@ for (;;) {
     c[${STATUS}] = ${STATUS_TRAP};
   } else {
     try {
-      c[${RESULT}] = kernels.pages_compare_copy(c[${RAM}], c[${SHADOW}], c[${PAGES}], c[${OUT}]);
+      // In chunks, checking STOP between them: a helper the caller gave up on stops writing the
+      // shadow within one chunk, instead of finishing its half behind the caller's back.
+      const ram = c[${RAM}] >>> 0, shadow = c[${SHADOW}] >>> 0, pages = c[${PAGES}] >>> 0, out = c[${OUT}] >>> 0;
+      const list = new Uint32Array(memory.buffer, out, pages);
+      let found = 0;
+      for (let first = 0; first < pages && Atomics.load(c, ${STOP}) === 0; first += ${CHUNK_PAGES}) {
+        const n = Math.min(${CHUNK_PAGES}, pages - first);
+        const k = kernels.pages_compare_copy(ram + first * ${PAGE_SIZE}, shadow + first * ${PAGE_SIZE}, n, out + found * 4);
+        for (let i = found; i < found + k; i++) list[i] += first;
+        found += k;
+      }
+      c[${RESULT}] = found;
       c[${STATUS}] = ${STATUS_OK};
     } catch {
       c[${STATUS}] = ${STATUS_TRAP};
