@@ -228,7 +228,9 @@ for (const fault of ["error", "silent"] as const) {
     const helper = compareHelper(memory, "simd");
     helper.injectFault(fault, 300);
     const started = performance.now();
+    const epoch = log.epoch;
     assert.is(errorCode(() => log.collect()), ErrorCode.Failed);
+    assert.is(log.epoch, epoch, "a failed collect delivers no epoch");
     if (fault === "silent") assert.ok(performance.now() - started >= 300, "waited for the bound");
     assert.is(helper.alive, false, "the failed helper is stopped");
     assert.is(log.state, DirtyLogState.Armed, "the shadow is distrusted");

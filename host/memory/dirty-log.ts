@@ -78,8 +78,9 @@ export abstract class DirtyLogBase implements DirtyLog {
   collect(): Uint32Array {
     const full = this.#state === DirtyLogState.Armed;
     this.#state = nextDirtyLogState(this.#state, "collect");
-    this.#epoch++;
-    return this.take(full);
+    const pages = this.take(full);
+    this.#epoch++; // after the take: a collect that failed delivered no epoch
+    return pages;
   }
 
   /** Called on every arm(), after the state changed. */
