@@ -101,7 +101,7 @@ export class DetectingDirtyLog extends DirtyLogBase {
   protected onArm(): void {
     // The full first epoch is what fills the shadow. Starting the helper now lets its thread
     // boot while that epoch is copied, not in the first compare's pause.
-    if (this.#help) compareHelper(this.#help.memory, this.#help.flavor);
+    this.#helper();
   }
 
   protected take(full: boolean): Uint32Array {
@@ -135,7 +135,14 @@ export class DetectingDirtyLog extends DirtyLogBase {
   /** The helper to use for this collect, if any. */
   #helper(): CompareHelper | undefined {
     if (!this.#help) return undefined;
-    const helper = compareHelper(this.#help.memory, this.#help.flavor);
+    let helper: CompareHelper;
+    try {
+      helper = compareHelper(this.#help.memory, this.#help.flavor);
+    } catch {
+      // The runtime would not start a thread (out of threads or memory): compare alone, as on one core.
+      this.#help = undefined;
+      return undefined;
+    }
     if (helper.alive) return helper;
     // It died between collects, with no job of ours: the shadow is sound, go on alone.
     this.#help = undefined;
