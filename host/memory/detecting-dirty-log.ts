@@ -135,16 +135,15 @@ export class DetectingDirtyLog extends DirtyLogBase {
   /** The helper to use for this collect, if any. */
   #helper(): CompareHelper | undefined {
     if (!this.#help) return undefined;
-    let helper: CompareHelper;
+    let helper: CompareHelper | undefined;
     try {
       helper = compareHelper(this.#help.memory, this.#help.flavor);
     } catch {
-      // The runtime would not start a thread (out of threads or memory): compare alone, as on one core.
-      this.#help = undefined;
-      return undefined;
+      // The runtime would not start a thread (out of threads or memory).
     }
-    if (helper.alive) return helper;
-    // It died between collects, with no job of ours: the shadow is sound, go on alone.
+    if (helper?.alive) return helper;
+    // No thread, or one that died between collects with no job of ours: the shadow is sound,
+    // so compare alone from now on, as on one core.
     this.#help = undefined;
     return undefined;
   }

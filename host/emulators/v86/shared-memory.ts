@@ -15,7 +15,6 @@ import { ErrorCode, TandemError } from "../../errors.ts";
 /** Magic and version: the first 8 bytes of every module. */
 const PREAMBLE_BYTES = 8;
 /** Section ids (spec 5.5.2). */
-const SECTION_TYPE = 1;
 const SECTION_IMPORT = 2;
 const SECTION_MEMORY = 5;
 /** Import description tags (spec 5.5.5). */
@@ -132,7 +131,8 @@ export interface SharedMemoryModule {
  * Returns a copy of `bytes` whose one memory is imported as shared, with a maximum of
  * {@link MAX_WASM_PAGES}: a defined memory becomes an import named `defined` (its export, if
  * any, still names it); an imported one keeps its name. A module with no memory or with more
- * than one, or that does not parse, is refused with E_EMULATOR_CHANGED.
+ * than one, without an import section, or that does not parse, is refused with
+ * E_EMULATOR_CHANGED.
  */
 export function shareModuleMemory(bytes: Uint8Array, defined: MemoryImportName = { module: "env", name: "memory" }): SharedMemoryModule {
   const all = sections(bytes);
@@ -147,35 +147,31 @@ export function shareModuleMemory(bytes: Uint8Array, defined: MemoryImportName =
   const parts: Uint8Array[] = [bytes.subarray(0, PREAMBLE_BYTES)];
   let memories = definedMin === undefined ? 0 : 1;
   let minPages = definedMin ?? 0;
-  const rewriteImports = (section: Section | undefined): Uint8Array => {
+  const rewriteImports = (section: Section): Uint8Array => {
     const entries: number[] = [];
-    let count = 0;
-    if (section) {
-      const reader = new Reader(bytes, section.start, section.end);
-      count = reader.u32();
-      for (let i = 0; i < count; i++) {
-        const entryStart = reader.at;
-        reader.skip(reader.u32());
-        reader.skip(reader.u32());
-        const descriptionAt = reader.at;
-        const tag = reader.byte();
-        if (tag === IMPORT_MEMORY) {
-          memories++;
-          const min = reader.limits();
-          minPages = min;
-          entries.push(...bytes.subarray(entryStart, descriptionAt), IMPORT_MEMORY, ...sharedLimits(min));
-          continue;
-        }
-        if (tag === IMPORT_FUNC) reader.u32();
-        else if (tag === IMPORT_TABLE) {
-          reader.byte();
-          reader.limits();
-        } else if (tag === IMPORT_GLOBAL) reader.skip(2);
-        else throw broken(`an import of unknown kind 0x${tag.toString(16)}`);
-        entries.push(...bytes.subarray(entryStart, reader.at));
+    const reader = new Reader(bytes, section.start, section.end);
+    let count = reader.u32();
+    for (let i = 0; i < count; i++) {
+      const entryStart = reader.at;
+      reader.skip(reader.u32());
+      reader.skip(reader.u32());
+      const descriptionAt = reader.at;
+      const tag = reader.byte();
+      if (tag === IMPORT_MEMORY) {
+        memories++;
+        minPages = reader.limits();
+        entries.push(...bytes.subarray(entryStart, descriptionAt), IMPORT_MEMORY, ...sharedLimits(minPages));
+        continue;
       }
-      if (reader.at !== section.end) throw broken("its import section has bytes after its last entry");
+      if (tag === IMPORT_FUNC) reader.u32();
+      else if (tag === IMPORT_TABLE) {
+        reader.byte();
+        reader.limits();
+      } else if (tag === IMPORT_GLOBAL) reader.skip(2);
+      else throw broken(`an import of unknown kind 0x${tag.toString(16)}`);
+      entries.push(...bytes.subarray(entryStart, reader.at));
     }
+    if (reader.at !== section.end) throw broken("its import section has bytes after its last entry");
     if (definedMin !== undefined) {
       count++;
       entries.push(...name(defined.module), ...name(defined.name), IMPORT_MEMORY, ...sharedLimits(definedMin));
@@ -191,14 +187,10 @@ export function shareModuleMemory(bytes: Uint8Array, defined: MemoryImportName =
       imported = true;
       continue;
     }
-    // A module with no import section gets one where the spec orders it: after the types.
-    if (!imported && definedMin !== undefined && section.id !== 0 && section.id > SECTION_TYPE) {
-      parts.push(rewriteImports(undefined));
-      imported = true;
-    }
     parts.push(bytes.subarray(section.header, section.end));
   }
-  if (!imported && definedMin !== undefined) parts.push(rewriteImports(undefined));
+  // Both of v86's kinds of module import something; one that does not is not what this was written for.
+  if (!imported) throw broken("it has no import section");
   if (memories !== 1) throw broken(memories === 0 ? "it has no memory" : "it has more than one memory");
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;

@@ -135,7 +135,7 @@ export class V86Machine implements Machine {
     });
     const core = checkV86Internals(emulator);
     // Before the guest first runs, so that no code is ever compiled against the unshared declaration.
-    if (shared) shareJitCode(core, (module) => shareModuleMemory(module, { module: "e", name: "m" }).bytes);
+    if (shared) shareJitCode(core, (module) => shareModuleMemory(module).bytes);
     const machine = new V86Machine(emulator, core, disk);
     diskWritten = (offset, data) => machine.#diskWrite(0, offset, data);
     return machine;
