@@ -216,7 +216,10 @@ test("a helper that died between collects: the log goes on alone, exact, without
 
 for (const fault of ["error", "silent"] as const) {
   test(`a helper that fails a job (${fault}): E_FAILED, then a full collect, then exact alone`, () => {
-    if (!MULTICORE) return; // no helper to fail
+    if (!MULTICORE) {
+      console.log("  (skipped: one CPU, so no helper thread to fail)");
+      return;
+    }
     const { memory, guest } = sharedGuest(BIG);
     const random = seededRandom(11);
     const log = new DetectingDirtyLog(guest, { kernels: "simd" });
