@@ -147,7 +147,8 @@ test("back-pressure: a stalled transport freezes the sender at its pool, and COM
 });
 
 test("writeNoCopy sends from the caller's bytes: the pool holds headers only, and COMMIT waits for the bytes", async () => {
-  const s = await session({ sender: { bufferSize: 8192, buffers: 2 }, faults: { stallWrites: true } });
+  const maxFramePayload = 8192 - HEADER_SIZE;
+  const s = await session({ sender: { bufferSize: 8192, buffers: 2, maxFramePayload }, faults: { stallWrites: true } });
   await s.sender.begin();
   const big = pattern(100_000, 3); // more than the whole pool: 13 frames of at most 8180 bytes
   const writing = s.sender.writeNoCopy(big);
@@ -158,7 +159,32 @@ test("writeNoCopy sends from the caller's bytes: the pool holds headers only, an
   await s.sender.write(pattern(10, 4));
   await s.sender.commit();
   assert.equal(s.seen[0].bytes, concat([big, pattern(10, 4)]));
-  assert.is(s.sender.stats.bytes, 2 * HEADER_SIZE + Math.ceil(100_000 / (8192 - HEADER_SIZE)) * HEADER_SIZE + 100_000 + HEADER_SIZE + 10);
+  assert.is(s.sender.stats.bytes, 2 * HEADER_SIZE + Math.ceil(100_000 / maxFramePayload) * HEADER_SIZE + 100_000 + HEADER_SIZE + 10);
+});
+
+test("writeNoCopy cuts frames at maxFramePayload, not at the pool's buffer size", async () => {
+  // By default one frame per write up to 1 MiB: a 256 KiB write is one header and one payload.
+  const s = await session({ sender: { bufferSize: 4096, buffers: 2 } });
+  await s.sender.begin();
+  const big = pattern(256 * 1024, 5);
+  await s.sender.writeNoCopy(big);
+  await s.sender.commit();
+  assert.is(s.sender.stats.frames, 3); // BEGIN, one CONTINUE, COMMIT
+  assert.equal(s.seen[0].bytes, big);
+
+  const t = await session({ sender: { maxFramePayload: 100_000 } });
+  await t.sender.begin();
+  await t.sender.writeNoCopy(big);
+  await t.sender.commit();
+  assert.is(t.sender.stats.frames, 2 + Math.ceil(big.length / 100_000));
+  assert.equal(t.seen[0].bytes, big);
+
+  // A sender whose frames pass the receiver's limit is refused, as any oversized frame.
+  const u = await session({ receiver: { maxFramePayload: 65_536 } });
+  await u.sender.begin();
+  await u.sender.writeNoCopy(big);
+  assert.is(await rejectionCode(u.sender.commit()), ErrorCode.PeerClosed);
+  assert.is(await rejectionCode(u.receiver.done), ErrorCode.PayloadTooLarge);
 });
 
 test("limits: a frame or a transaction over the receiver's limit is E_PAYLOAD_TOO_LARGE, never delivered", async () => {
@@ -629,6 +655,9 @@ test("window 1 (the default) stays stop-and-wait: begin() before the last commit
     await rejectionCode(atomic);
   }
   assert.is(errorCode(() => new TransactionSender(memoryPair()[0], { window: 0 })), ErrorCode.BadArgument);
+  for (const maxFramePayload of [0, 1.5, 2 ** 32]) {
+    assert.is(errorCode(() => new TransactionSender(memoryPair()[0], { maxFramePayload })), ErrorCode.BadArgument);
+  }
 });
 
 const FUZZ_RUNS = Number(globalThis.process?.env?.TANDEM_FUZZ ?? 150);

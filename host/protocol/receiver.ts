@@ -292,7 +292,11 @@ export class TransactionReceiver implements ChunkSink {
     if (held > this.#stats.peakBufferedBytes) this.#stats.peakBufferedBytes = held;
   }
 
-  /** Decodes pending chunks, delivering each transaction as it completes. */
+  /**
+   * Decodes pending chunks, delivering each transaction as it completes. A consumer that returns
+   * at once is answered at once and decoding goes on in this loop; one that returns a promise
+   * stops it until the promise settles (then #consumerSettled pumps again).
+   */
   #pump(): void {
     while (!this.#applying && !this.#error && this.#pending.length > 0) {
       const head = this.#pending[0];
@@ -303,15 +307,15 @@ export class TransactionReceiver implements ChunkSink {
       if (head.at === head.chunk.length) this.#pending.shift();
       if (this.#complete) {
         this.#complete = false;
-        void this.#deliver();
-        return;
+        this.#deliver();
       }
     }
     this.#chunk = undefined;
     this.#stats.bufferedBytes = this.#pinned + this.#pendingBytes;
   }
 
-  async #deliver(): Promise<void> {
+  /** Hands the complete transaction to the consumer, and answers it when the consumer is done. */
+  #deliver(): void {
     this.#applying = true;
     this.#idle();
     const id = this.#expectedId;
@@ -333,32 +337,55 @@ export class TransactionReceiver implements ChunkSink {
       },
     };
     this.#trace?.("deliver", { id, bytes: byteLength, segments: segments.length });
-    let refusal: unknown;
+    let result: void | Promise<void>;
     try {
-      await this.#consumer(transaction);
+      result = this.#consumer(transaction);
     } catch (error) {
-      refusal = error ?? new Error("refused");
+      this.#reply(id, error ?? new Error("refused"));
+      return;
     }
-    this.#applying = false;
-    this.#release();
-    if (this.#error) return;
+    if (!isThenable(result)) {
+      this.#reply(id, undefined);
+      return;
+    }
+    result.then(
+      () => this.#consumerSettled(id, undefined),
+      (error: unknown) => this.#consumerSettled(id, error ?? new Error("refused")),
+    );
+  }
+
+  /** After a consumer's promise settled: answers, then decodes what queued up meanwhile. */
+  #consumerSettled(id: number, refusal: unknown): void {
+    if (this.#error) {
+      this.#applying = false;
+      this.#release();
+      return;
+    }
     this.#quietly(() => {
-      if (refusal === undefined) {
-        this.#step("applied");
-        this.#stats.applied++;
-        this.#send(Cmd.Ack, id);
-      } else {
-        this.#trace?.("refuse", { id, reason: refusal instanceof Error ? refusal.message : String(refusal) });
-        this.#step("refused");
-        this.#stats.refused++;
-        this.#send(Cmd.Nack, id);
-      }
-      this.#expectedId = (id + 1) & 0xffff;
+      this.#reply(id, refusal);
       this.#pump();
       this.#armIdleTimer();
       // A close that came while the consumer ran takes effect once what came before it is decoded.
       if (!this.#applying && this.#peerGone !== null) this.#closed(this.#peerGone ?? undefined);
     });
+  }
+
+  /** Ends the delivery of transaction `id`: ACK, or NACK if the consumer refused it. */
+  #reply(id: number, refusal: unknown): void {
+    this.#applying = false;
+    this.#release();
+    if (this.#error) return;
+    if (refusal === undefined) {
+      this.#step("applied");
+      this.#stats.applied++;
+      this.#send(Cmd.Ack, id);
+    } else {
+      this.#trace?.("refuse", { id, reason: refusal instanceof Error ? refusal.message : String(refusal) });
+      this.#step("refused");
+      this.#stats.refused++;
+      this.#send(Cmd.Nack, id);
+    }
+    this.#expectedId = (id + 1) & 0xffff;
   }
 
   /** Drops the open transaction's segments (and what they pin). */
@@ -459,4 +486,8 @@ export class TransactionReceiver implements ChunkSink {
     this.#rejectDone(error);
     this.#transport.close();
   }
+}
+
+function isThenable(value: unknown): value is PromiseLike<void> {
+  return typeof (value as PromiseLike<void> | undefined)?.then === "function";
 }

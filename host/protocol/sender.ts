@@ -41,7 +41,7 @@ import { ErrorCode, TandemError } from "../errors.ts";
 import { tracerFor, type Tracer } from "../trace.ts";
 import { Heap } from "../wasm/heap.ts";
 import { kernelsFor, type KernelFlavor, type Kernels } from "../wasm/kernels.ts";
-import { CMD_NAMES, Cmd, DECODER_STATE_SIZE, EVENT_SIZE, FrameDecoder, HEADER_SIZE } from "./frame.ts";
+import { CMD_NAMES, Cmd, DECODER_STATE_SIZE, EVENT_SIZE, FrameDecoder, HEADER_SIZE, type FrameSink } from "./frame.ts";
 import { SessionState, senderTransition, type SenderEvent } from "./session-state.ts";
 import type { Transport } from "./transport.ts";
 
@@ -49,6 +49,12 @@ import type { Transport } from "./transport.ts";
 export interface SenderOptions {
   /** Bytes per output buffer; also the largest ATOMIC frame. Default 256 KiB. */
   bufferSize?: number;
+  /**
+   * Largest payload of one CONTINUE frame sent by {@link TransactionSender.writeNoCopy}, whose
+   * payloads do not go through the pool; at most the receiver's `maxFramePayload`. Default 1 MiB,
+   * the receiver's default. (Frames built in the pool are bounded by `bufferSize` too.)
+   */
+  maxFramePayload?: number;
   /** Buffers in the pool; the pool is all the memory a slow transport makes the sender hold. Default 4. */
   buffers?: number;
   /** How long to wait for the opening ACK and for each transaction's answer. Default 30 s. */
@@ -121,6 +127,7 @@ export class TransactionSender {
   readonly #decoder: FrameDecoder;
   readonly #trace: Tracer | undefined;
   readonly #bufferSize: number;
+  readonly #maxFrame: number;
   readonly #timeoutMs: number;
   readonly #window: number;
   readonly #rx: number;
@@ -148,13 +155,22 @@ export class TransactionSender {
   #busy = false;
   #error: TandemError | undefined;
   readonly #stats: SenderStats;
+  /** Where the decoder reports the receiver's frames. */
+  readonly #answers: FrameSink = {
+    header: (cmd, id, seq) => this.#answered(cmd, id, seq),
+    payload: () => {}, // maxPayload 0: the decoder refuses any payload before we get here
+  };
 
   constructor(transport: Transport, options: SenderOptions = {}) {
     const bufferSize = options.bufferSize ?? 256 * 1024;
     const buffers = options.buffers ?? 4;
     const window = options.window ?? 1;
+    const maxFrame = options.maxFramePayload ?? 1 << 20;
     if (!Number.isInteger(bufferSize) || bufferSize < HEADER_SIZE + 1 || !Number.isInteger(buffers) || buffers < 1) {
       throw new TandemError(ErrorCode.BadArgument, `bufferSize ${bufferSize} and buffers ${buffers}: need at least ${HEADER_SIZE + 1} bytes and 1 buffer`);
+    }
+    if (!Number.isInteger(maxFrame) || maxFrame < 1 || maxFrame > 0xffffffff) {
+      throw new TandemError(ErrorCode.BadArgument, `maxFramePayload ${maxFrame}: expected an integer from 1 to 2^32 - 1`);
     }
     // Ids are 16 bits: the unanswered ones must stay distinct, with room to tell them apart.
     if (!Number.isInteger(window) || window < 1 || window > 1024) {
@@ -163,6 +179,7 @@ export class TransactionSender {
     this.#window = window;
     this.#transport = transport;
     this.#bufferSize = bufferSize;
+    this.#maxFrame = maxFrame;
     this.#timeoutMs = options.responseTimeoutMs ?? 30_000;
     // Everything is allocated now and the memory never grows: views handed to the transport stay valid.
     this.#heap = Heap.create(DECODER_STATE_SIZE + EVENTS * EVENT_SIZE + RX_SIZE + buffers * bufferSize + 4 * 64);
@@ -220,6 +237,19 @@ export class TransactionSender {
    * settled; it waits while the window is full.
    */
   begin(): Promise<void> {
+    // The common case (room in the window and in the pool) runs at once, with no async frames.
+    if (this.#callableNow() && !this.#windowFull()) {
+      const buffer = this.#headerRoomNow();
+      if (buffer) {
+        try {
+          this.#start("begin");
+          this.#encode(buffer, Cmd.Begin, 0);
+          return DONE;
+        } catch (error) {
+          return Promise.reject(this.#outcome(error));
+        }
+      }
+    }
     return this.#afterSending(() => this.#op(async () => {
       if (this.#windowFull()) await this.#roomInWindow("begin");
       this.#start("begin");
@@ -261,22 +291,47 @@ export class TransactionSender {
    * a whole encoded checkpoint, where the copy would cost as much as the socket.
    */
   writeNoCopy(bytes: Uint8Array): Promise<void> {
-    return this.#op(async () => {
+    // As write(): settles at once unless the transport is backed up or the pool is all in flight.
+    if (this.#error) return Promise.reject(this.#error);
+    if (this.#busy) return Promise.reject(this.#die(new TandemError(ErrorCode.InvalidState, "a call was made before the previous one finished; await each call")));
+    try {
       this.#takePeerCancel();
       this.#step("write");
-      for (let at = 0; at < bytes.length; ) {
-        const n = Math.min(bytes.length - at, this.#bufferSize - HEADER_SIZE);
-        await this.#drained();
-        const header = await this.#room(HEADER_SIZE);
-        this.#encode(header, Cmd.Continue, n, false);
-        this.#transport.batch(() => {
-          this.#flush();
-          this.#send(bytes.subarray(at, at + n), ErrorCode.SendPayload, () => {});
-        });
-        at += n;
-      }
-      this.#takePeerCancel();
-    });
+      const offset = this.#appendNoCopy(bytes, 0);
+      if (offset === bytes.length) return DONE;
+      return this.#op(async () => {
+        for (let at = offset; at < bytes.length; ) {
+          await this.#drained();
+          await this.#room(HEADER_SIZE);
+          at = this.#appendNoCopy(bytes, at);
+        }
+        this.#takePeerCancel();
+      });
+    } catch (error) {
+      return Promise.reject(this.#outcome(error));
+    }
+  }
+
+  /**
+   * Sends bytes[offset..] as CONTINUE frames, each header from the pool and its payload from
+   * `bytes`, while the transport takes more and a header has room; returns how far it got.
+   */
+  #appendNoCopy(bytes: Uint8Array, offset: number): number {
+    while (offset < bytes.length && !this.#backedUp) {
+      const header = this.#roomNow(HEADER_SIZE);
+      if (!header) break;
+      // One frame per maxFramePayload, not per pool buffer: a 256 KiB write is one header and
+      // one payload on the socket, not a full frame and a 12-byte straggler with a header of its own.
+      const n = Math.min(bytes.length - offset, this.#maxFrame);
+      const payload = n === bytes.length ? bytes : bytes.subarray(offset, offset + n);
+      this.#encode(header, Cmd.Continue, n, false);
+      this.#transport.batch(() => {
+        this.#flush();
+        this.#send(payload, ErrorCode.SendPayload, () => {});
+      });
+      offset += n;
+    }
+    return offset;
   }
 
   /** Encodes bytes[offset..] as CONTINUE frames while buffers are free; returns how far it got. */
@@ -284,7 +339,7 @@ export class TransactionSender {
     while (offset < bytes.length) {
       const buffer = this.#roomNow(HEADER_SIZE + 1);
       if (!buffer) break;
-      const n = Math.min(bytes.length - offset, this.#bufferSize - buffer.used - HEADER_SIZE);
+      const n = Math.min(bytes.length - offset, this.#bufferSize - buffer.used - HEADER_SIZE, this.#maxFrame);
       const part = n === bytes.length ? bytes : bytes.subarray(offset, offset + n);
       this.#heap.u8.set(part, buffer.ptr + buffer.used + HEADER_SIZE);
       this.#encode(buffer, Cmd.Continue, n);
@@ -300,6 +355,24 @@ export class TransactionSender {
    * begin() may be called before this settles.
    */
   commit(): Promise<void> {
+    // As begin(): with room in the pool, COMMIT goes out at once and only the answer is awaited.
+    const buffer = this.#callableNow() ? this.#headerRoomNow() : undefined;
+    if (buffer) {
+      let answer: Answer;
+      try {
+        this.#takePeerCancel();
+        this.#step("commit");
+        answer = this.#expectAnswer();
+        this.#encode(buffer, Cmd.Commit, 0);
+        this.#flush();
+      } catch (error) {
+        return Promise.reject(this.#outcome(error));
+      }
+      if (this.#window === 1) return this.#op(() => this.#settled(answer));
+      return this.#settled(answer).catch((error: unknown) => {
+        throw this.#outcome(error);
+      });
+    }
     return this.#committed(false, async () => {
       this.#takePeerCancel();
       this.#step("commit");
@@ -379,6 +452,22 @@ export class TransactionSender {
   #afterSending<T>(call: () => Promise<T>): Promise<T> {
     const previous = this.#sending;
     return previous ? previous.then(call) : call();
+  }
+
+  /**
+   * True when a call may run synchronously: the session is alive, no call is in progress and no
+   * pipelined commit() or atomic() is still sending. Otherwise the call takes its async path,
+   * which waits its turn or reports the error.
+   */
+  #callableNow(): boolean {
+    return this.#error === undefined && !this.#busy && this.#sending === undefined;
+  }
+
+  /** A buffer with room for a header, if one is free now (no waiting). */
+  #headerRoomNow(): { ptr: number; used: number } | undefined {
+    const buffer = this.#roomNow(HEADER_SIZE);
+    if (buffer) this.#thaw();
+    return buffer;
   }
 
   /** True while `window` transactions are unanswered: the next one must wait. */
@@ -569,10 +658,7 @@ export class TransactionSender {
       for (let at = 0; at < chunk.length; at += RX_SIZE) {
         const piece = chunk.subarray(at, at + RX_SIZE);
         this.#heap.u8.set(piece, this.#rx);
-        this.#decoder.decode(this.#rx, piece.length, 0, {
-          header: (cmd, id, seq) => this.#answered(cmd, id, seq),
-          payload: () => {}, // maxPayload 0: the decoder refuses any payload before we get here
-        });
+        this.#decoder.decode(this.#rx, piece.length, 0, this.#answers);
       }
     } catch (error) {
       this.#fail(error instanceof TandemError ? error : new TandemError(ErrorCode.RecvHeader, String(error)));
