@@ -596,6 +596,40 @@ test("pipelined: each outstanding transaction has its own timeout; one passing e
   assert.is(s.sender.error?.code, ErrorCode.Timeout);
 });
 
+test("pipelined: a timeout runs from each transaction's own commit, after earlier ones were answered", async () => {
+  let calls = 0;
+  const s = await session({ sender: { window: 4, responseTimeoutMs: 40 }, consume: () => (calls++ === 0 ? undefined : new Promise(() => {})) });
+  const outcomes = [0, 1, 2].map((i) => rejectionCode(s.sender.atomic(pattern(10, i))));
+  assert.equal(await Promise.all(outcomes), [undefined, ErrorCode.Timeout, ErrorCode.Timeout]);
+  assert.is(s.sender.stats.acked, 1);
+  assert.is(s.sender.error?.code, ErrorCode.Timeout);
+});
+
+test("a consumer that returns at once is answered at once: ACK, or NACK if it throws, in order, for a burst in one chunk", async () => {
+  const [senderEnd, receiverEnd] = memoryPair();
+  const applied: number[] = [];
+  const receiver = new TransactionReceiver(receiverEnd, (t) => {
+    if (t.id % 3 === 1) throw new Error(`refusing ${t.id}`);
+    applied.push(t.id);
+  });
+  receiver.open();
+  // 200 ATOMIC frames in one chunk: each is applied and answered before the next is decoded.
+  const burst = concat(Array.from({ length: 200 }, (_, id) => frame(Cmd.Atomic, id, 0, pattern(5, id))));
+  const answers: Uint8Array[] = [];
+  senderEnd.onData((chunk) => answers.push(chunk));
+  senderEnd.write(burst, () => {});
+  await until(() => receiver.stats.applied + receiver.stats.refused === 200);
+  await until(() => answers.reduce((n, a) => n + a.length, 0) === (200 + 1) * HEADER_SIZE);
+  const all = concat(answers);
+  for (let id = 0; id < 200; id++) {
+    const at = (id + 1) * HEADER_SIZE; // after the opening ACK
+    assert.is(all[at], id % 3 === 1 ? Cmd.Nack : Cmd.Ack, `answer to ${id}`);
+    assert.is(all[at + 2] | (all[at + 3] << 8), id);
+  }
+  assert.equal(applied, Array.from({ length: 200 }, (_, id) => id).filter((id) => id % 3 !== 1));
+  assert.is(receiver.expectedId, 200);
+});
+
 test("pipelined: an answer that is not for the oldest outstanding transaction is E_ID_MISMATCH", async () => {
   const [senderEnd, receiverEnd] = memoryPair();
   const sender = new TransactionSender(senderEnd, { window: 4 });

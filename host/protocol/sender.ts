@@ -110,8 +110,10 @@ interface Txn {
 /** Something awaited from the receiver, with a timeout: the opening ACK, or an answer. */
 interface Awaited {
   readonly promise: Promise<void>;
-  /** Resolves (no outcome) or rejects the promise, and stops its timer. */
+  /** Resolves (no outcome) or rejects the promise. */
   readonly settle: (outcome: TandemError | undefined) => void;
+  /** When the session stops waiting for it (performance.now() time). */
+  readonly deadline: number;
 }
 
 /** A committed transaction awaiting its answer. */
@@ -146,6 +148,8 @@ export class TransactionSender {
   /** Committed transactions awaiting their answers, oldest first (the receiver answers in order). */
   readonly #unanswered: Answer[] = [];
   #opening: Awaited | undefined;
+  /** The one timer behind every wait for the receiver, due at the oldest wait's deadline. */
+  #deadlineTimer: ReturnType<typeof setTimeout> | undefined;
   /** The sending part of a pipelined commit() or atomic() in progress; the next begin() waits for it. */
   #sending: Promise<void> | undefined;
   #cancelledByPeer = false;
@@ -227,7 +231,7 @@ export class TransactionSender {
         return;
       }
       if (this.#state !== SessionState.Init) throw new TandemError(ErrorCode.InvalidState, `open() in state ${this.#state}`);
-      this.#opening = this.#timed("opening ACK");
+      this.#opening = this.#awaited();
       await this.#opening.promise;
     });
   }
@@ -325,10 +329,11 @@ export class TransactionSender {
       const n = Math.min(bytes.length - offset, this.#maxFrame);
       const payload = n === bytes.length ? bytes : bytes.subarray(offset, offset + n);
       this.#encode(header, Cmd.Continue, n, false);
-      this.#transport.batch(() => {
+      const more = this.#transport.batch(() => {
         this.#flush();
-        this.#send(payload, ErrorCode.SendPayload, () => {});
+        return this.#send(payload, ErrorCode.SendPayload, () => {});
       });
+      this.#backedUp = !more;
       offset += n;
     }
     return offset;
@@ -501,10 +506,13 @@ export class TransactionSender {
     this.#seq = 0;
   }
 
-  /** Waits until every write of `answer`'s transaction is done, then for the answer itself. */
-  async #settled(answer: Answer): Promise<void> {
-    await this.#written(answer.txn);
-    await answer.promise;
+  /**
+   * Settles with `answer`'s transaction: once the answer has come and every write of the
+   * transaction is done (they nearly always are by then: the answer follows the COMMIT).
+   */
+  #settled(answer: Answer): Promise<void> {
+    const txn = answer.txn;
+    return answer.promise.then(() => (txn.writes > 0 ? this.#written(txn) : undefined));
   }
 
   /** Waits until the transport has finished every write of `txn`. */
@@ -597,9 +605,10 @@ export class TransactionSender {
   /**
    * Hands `bytes` to the transport, counted in flight until it is done with them (then `release`);
    * a failed write ends the session with `code`. The bytes are the latest transaction's: commit,
-   * cancel and atomic flush the pool before the next transaction begins.
+   * cancel and atomic flush the pool before the next transaction begins. Returns what the
+   * transport's write returned: false when it is backed up.
    */
-  #send(bytes: Uint8Array, code: ErrorCode, release: () => void): void {
+  #send(bytes: Uint8Array, code: ErrorCode, release: () => void): boolean {
     const txn = this.#latest;
     txn.writes++;
     this.#inFlight++;
@@ -612,6 +621,7 @@ export class TransactionSender {
       for (const wake of this.#waiters.splice(0)) wake();
     });
     if (!more) this.#backedUp = true;
+    return more;
   }
 
   /** Waits, frozen, while the transport says it is backed up (lets the event loop move the bytes). */
@@ -627,27 +637,47 @@ export class TransactionSender {
    */
   #expectAnswer(): Answer {
     this.#throwIfDead(); // #fail settles only the answers queued before it: one queued after would hang
-    const answer = { ...this.#timed(`answer to transaction ${this.#latest.id}`), txn: this.#latest };
+    const answer: Answer = { ...this.#awaited(), txn: this.#latest };
     this.#unanswered.push(answer);
     if (this.#unanswered.length > this.#stats.peakUnanswered) this.#stats.peakUnanswered = this.#unanswered.length;
     return answer;
   }
 
-  /** An answer to wait for, ending the session with E_TIMEOUT if it does not come in time. */
-  #timed(what: string): Awaited {
+  /**
+   * Something to wait for from the receiver, ending the session with E_TIMEOUT if it does not
+   * come in time. Waits are answered in order, so one timer serves them all: it is due at the
+   * oldest one's deadline, and a transaction costs no timer of its own.
+   */
+  #awaited(): Awaited {
     let settle!: (outcome: TandemError | undefined) => void;
     const promise = new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#fail(new TandemError(ErrorCode.Timeout, `no ${what} from the receiver within ${this.#timeoutMs} ms`));
-      }, this.#timeoutMs);
-      settle = (outcome) => {
-        clearTimeout(timer);
-        if (outcome) reject(outcome);
-        else resolve();
-      };
+      settle = (outcome) => (outcome ? reject(outcome) : resolve());
     });
     promise.catch(() => {}); // if the writes fail first, their error is the one reported
-    return { promise, settle };
+    if (this.#deadlineTimer === undefined) this.#deadlineTimer = setTimeout(this.#checkDeadline, this.#timeoutMs);
+    return { promise, settle, deadline: performance.now() + this.#timeoutMs };
+  }
+
+  /** The deadline timer: fails the session if the oldest wait is overdue, else waits for it. */
+  readonly #checkDeadline = (): void => {
+    this.#deadlineTimer = undefined;
+    const answer = this.#unanswered[0];
+    const oldest = this.#opening ?? answer;
+    if (oldest === undefined || this.#error) return;
+    const left = oldest.deadline - performance.now();
+    if (left > 0) {
+      this.#deadlineTimer = setTimeout(this.#checkDeadline, left); // the one it was due for was answered
+      return;
+    }
+    const what = oldest === answer ? `answer to transaction ${answer.txn.id}` : "opening ACK";
+    this.#fail(new TandemError(ErrorCode.Timeout, `no ${what} from the receiver within ${this.#timeoutMs} ms`));
+  };
+
+  /** Stops the deadline timer when nothing is awaited: an idle session keeps no timer alive. */
+  #stopDeadlineIfIdle(): void {
+    if (this.#deadlineTimer === undefined || this.#opening || this.#unanswered.length > 0) return;
+    clearTimeout(this.#deadlineTimer);
+    this.#deadlineTimer = undefined;
   }
 
   // --- receiving answers ---------------------------------------------------------------------
@@ -673,6 +703,7 @@ export class TransactionSender {
       // A fast receiver's ACK can come before open() is even called: open() then just returns.
       const opening = this.#opening;
       this.#opening = undefined;
+      this.#stopDeadlineIfIdle();
       if (opening) opening.settle(undefined);
       else this.#openedEarly = true;
       return;
@@ -698,6 +729,7 @@ export class TransactionSender {
       throw new TandemError(ErrorCode.IdMismatch, `an answer for transaction ${id}, but the oldest awaiting one is ${expected} (answers come in order)`);
     }
     this.#unanswered.shift();
+    this.#stopDeadlineIfIdle();
     this.#cancelledHere = undefined; // a crossing CANCEL comes before any later answer, or never
     // Only the answer to the latest transaction moves the state machine; earlier ones are pipelined.
     const latest = this.#unanswered.length === 0 && (this.#state === SessionState.Commit || this.#state === SessionState.Atomic);
@@ -764,6 +796,7 @@ export class TransactionSender {
     this.#opening?.settle(error);
     this.#opening = undefined;
     for (const answer of this.#unanswered.splice(0)) answer.settle(error); // every outstanding commit
+    this.#stopDeadlineIfIdle();
     for (const wake of this.#waiters.splice(0)) wake();
     this.#transport.close();
   }

@@ -37,13 +37,16 @@ export class SocketTransport extends TransportBase {
     return this.#socket.write(chunk, (error) => done(error ?? undefined));
   }
 
-  override batch(writes: () => void): void {
+  override batch(writes: () => boolean): boolean {
     this.#socket.cork();
     try {
       writes();
     } finally {
       this.#socket.uncork();
     }
+    // Uncorking wrote the batch (a writev); whatever the kernel did not take is still queued.
+    const socket = this.#socket;
+    return !socket.destroyed && socket.writableLength < socket.writableHighWaterMark;
   }
 
   close(): void {

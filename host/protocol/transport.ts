@@ -34,9 +34,11 @@ export interface Transport {
   /**
    * Runs `writes`, which calls `write` several times, letting the transport send those chunks
    * together (a socket's writev) rather than one by one, as when a small header precedes a large
-   * payload held elsewhere.
+   * payload held elsewhere. `writes` returns what its last `write` returned; `batch` returns
+   * whether the transport takes more now, judged once the batch has gone out (while a batch is
+   * gathered, a socket's `write` says "wait" for bytes the kernel may then take at once).
    */
-  batch(writes: () => void): void;
+  batch(writes: () => boolean): boolean;
   /** Ends the stream. Writes not yet done complete with an error. */
   close(): void;
   /** True once the stream has ended, from either side. */
@@ -56,8 +58,8 @@ export abstract class TransportBase implements Transport {
   abstract write(chunk: Uint8Array, done: (error?: Error) => void): boolean;
   abstract close(): void;
 
-  batch(writes: () => void): void {
-    writes();
+  batch(writes: () => boolean): boolean {
+    return writes();
   }
 
   onData(handler: (chunk: Uint8Array) => void): void {
