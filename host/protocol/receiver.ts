@@ -321,21 +321,7 @@ export class TransactionReceiver implements ChunkSink {
     const id = this.#expectedId;
     const segments = this.#segments;
     const byteLength = this.#txnBytes;
-    const transaction: ReceivedTransaction = {
-      id,
-      atomic: this.#state === SessionState.Atomic,
-      segments,
-      byteLength,
-      bytes: () => {
-        const all = new Uint8Array(byteLength);
-        let at = 0;
-        for (const s of segments) {
-          all.set(s, at);
-          at += s.length;
-        }
-        return all;
-      },
-    };
+    const transaction = new Delivered(id, this.#state === SessionState.Atomic, segments, byteLength);
     this.#trace?.("deliver", { id, bytes: byteLength, segments: segments.length });
     let result: void | Promise<void>;
     try {
@@ -490,4 +476,24 @@ export class TransactionReceiver implements ChunkSink {
 
 function isThenable(value: unknown): value is PromiseLike<void> {
   return typeof (value as PromiseLike<void> | undefined)?.then === "function";
+}
+
+/** The transaction handed to a consumer. */
+class Delivered implements ReceivedTransaction {
+  constructor(
+    readonly id: number,
+    readonly atomic: boolean,
+    readonly segments: readonly Uint8Array[],
+    readonly byteLength: number,
+  ) {}
+
+  bytes(): Uint8Array {
+    const all = new Uint8Array(this.byteLength);
+    let at = 0;
+    for (const segment of this.segments) {
+      all.set(segment, at);
+      at += segment.length;
+    }
+    return all;
+  }
 }

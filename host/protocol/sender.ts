@@ -41,7 +41,7 @@ import { ErrorCode, TandemError } from "../errors.ts";
 import { tracerFor, type Tracer } from "../trace.ts";
 import { Heap } from "../wasm/heap.ts";
 import { kernelsFor, type KernelFlavor, type Kernels } from "../wasm/kernels.ts";
-import { CMD_NAMES, Cmd, DECODER_STATE_SIZE, EVENT_SIZE, FrameDecoder, HEADER_SIZE, type FrameSink } from "./frame.ts";
+import { CMD_NAMES, ChunkFrameDecoder, Cmd, HEADER_SIZE, type ChunkSink } from "./frame.ts";
 import { SessionState, senderTransition, type SenderEvent } from "./session-state.ts";
 import type { Transport } from "./transport.ts";
 
@@ -96,8 +96,6 @@ export interface SenderStats {
   peakUnanswered: number;
 }
 
-const RX_SIZE = 4096;
-const EVENTS = 16;
 const DONE: Promise<void> = Promise.resolve();
 
 /** A transaction, from its BEGIN (or ATOMIC) on. */
@@ -108,17 +106,34 @@ interface Txn {
 }
 
 /** Something awaited from the receiver, with a timeout: the opening ACK, or an answer. */
-interface Awaited {
+class Awaited {
   readonly promise: Promise<void>;
-  /** Resolves (no outcome) or rejects the promise. */
-  readonly settle: (outcome: TandemError | undefined) => void;
   /** When the session stops waiting for it (performance.now() time). */
   readonly deadline: number;
+  #resolve!: () => void;
+  #reject!: (error: TandemError) => void;
+
+  constructor(timeoutMs: number) {
+    this.promise = new Promise<void>((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+    this.promise.catch(() => {}); // if the writes fail first, their error is the one reported
+    this.deadline = performance.now() + timeoutMs;
+  }
+
+  /** Resolves (no outcome) or rejects the promise. */
+  settle(outcome: TandemError | undefined): void {
+    if (outcome) this.#reject(outcome);
+    else this.#resolve();
+  }
 }
 
 /** A committed transaction awaiting its answer. */
-interface Answer extends Awaited {
-  readonly txn: Txn;
+class Answer extends Awaited {
+  constructor(timeoutMs: number, readonly txn: Txn) {
+    super(timeoutMs);
+  }
 }
 
 /** The sending side of a transaction session. */
@@ -126,13 +141,13 @@ export class TransactionSender {
   readonly #transport: Transport;
   readonly #heap: Heap;
   readonly #kernels: Kernels;
-  readonly #decoder: FrameDecoder;
+  /** Decodes the receiver's answers straight out of the chunks the transport delivers. */
+  readonly #decoder = new ChunkFrameDecoder(0);
   readonly #trace: Tracer | undefined;
   readonly #bufferSize: number;
   readonly #maxFrame: number;
   readonly #timeoutMs: number;
   readonly #window: number;
-  readonly #rx: number;
   readonly #free: number[] = [];
   readonly #waiters: (() => void)[] = [];
   #current: { ptr: number; used: number } | undefined;
@@ -160,7 +175,7 @@ export class TransactionSender {
   #error: TandemError | undefined;
   readonly #stats: SenderStats;
   /** Where the decoder reports the receiver's frames. */
-  readonly #answers: FrameSink = {
+  readonly #answers: ChunkSink = {
     header: (cmd, id, seq) => this.#answered(cmd, id, seq),
     payload: () => {}, // maxPayload 0: the decoder refuses any payload before we get here
   };
@@ -186,10 +201,8 @@ export class TransactionSender {
     this.#maxFrame = maxFrame;
     this.#timeoutMs = options.responseTimeoutMs ?? 30_000;
     // Everything is allocated now and the memory never grows: views handed to the transport stay valid.
-    this.#heap = Heap.create(DECODER_STATE_SIZE + EVENTS * EVENT_SIZE + RX_SIZE + buffers * bufferSize + 4 * 64);
+    this.#heap = Heap.create(buffers * bufferSize + buffers * 64);
     this.#kernels = kernelsFor(this.#heap, options.kernels);
-    this.#decoder = new FrameDecoder(this.#heap, this.#kernels, { maxPayload: 0, maxEvents: EVENTS });
-    this.#rx = this.#heap.alloc(RX_SIZE);
     for (let i = 0; i < buffers; i++) this.#free.push(this.#heap.alloc(bufferSize));
     this.#trace = tracerFor("protocol");
     this.#stats = {
@@ -231,7 +244,7 @@ export class TransactionSender {
         return;
       }
       if (this.#state !== SessionState.Init) throw new TandemError(ErrorCode.InvalidState, `open() in state ${this.#state}`);
-      this.#opening = this.#awaited();
+      this.#opening = this.#awaiting(new Awaited(this.#timeoutMs));
       await this.#opening.promise;
     });
   }
@@ -637,25 +650,20 @@ export class TransactionSender {
    */
   #expectAnswer(): Answer {
     this.#throwIfDead(); // #fail settles only the answers queued before it: one queued after would hang
-    const answer: Answer = { ...this.#awaited(), txn: this.#latest };
+    const answer = this.#awaiting(new Answer(this.#timeoutMs, this.#latest));
     this.#unanswered.push(answer);
     if (this.#unanswered.length > this.#stats.peakUnanswered) this.#stats.peakUnanswered = this.#unanswered.length;
     return answer;
   }
 
   /**
-   * Something to wait for from the receiver, ending the session with E_TIMEOUT if it does not
-   * come in time. Waits are answered in order, so one timer serves them all: it is due at the
+   * Starts waiting for `awaited` from the receiver, ending the session with E_TIMEOUT if it does
+   * not come in time. Waits are answered in order, so one timer serves them all: it is due at the
    * oldest one's deadline, and a transaction costs no timer of its own.
    */
-  #awaited(): Awaited {
-    let settle!: (outcome: TandemError | undefined) => void;
-    const promise = new Promise<void>((resolve, reject) => {
-      settle = (outcome) => (outcome ? reject(outcome) : resolve());
-    });
-    promise.catch(() => {}); // if the writes fail first, their error is the one reported
+  #awaiting<T extends Awaited>(awaited: T): T {
     if (this.#deadlineTimer === undefined) this.#deadlineTimer = setTimeout(this.#checkDeadline, this.#timeoutMs);
-    return { promise, settle, deadline: performance.now() + this.#timeoutMs };
+    return awaited;
   }
 
   /** The deadline timer: fails the session if the oldest wait is overdue, else waits for it. */
@@ -685,11 +693,7 @@ export class TransactionSender {
   #received(chunk: Uint8Array): void {
     if (this.#error) return;
     try {
-      for (let at = 0; at < chunk.length; at += RX_SIZE) {
-        const piece = chunk.subarray(at, at + RX_SIZE);
-        this.#heap.u8.set(piece, this.#rx);
-        this.#decoder.decode(this.#rx, piece.length, 0, this.#answers);
-      }
+      this.#decoder.decode(chunk, 0, 0, this.#answers);
     } catch (error) {
       this.#fail(error instanceof TandemError ? error : new TandemError(ErrorCode.RecvHeader, String(error)));
     }

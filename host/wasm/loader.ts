@@ -54,9 +54,12 @@ export function isSharedMemory(memory: WebAssembly.Memory): boolean {
   return typeof SharedArrayBuffer !== "undefined" && memory.buffer instanceof SharedArrayBuffer;
 }
 
-/** Whether this runtime can run Wasm SIMD (validates the SIMD module itself). */
+let simd: boolean | undefined;
+
+/** Whether this runtime can run Wasm SIMD (validates the SIMD module itself, once per process). */
 export function simdSupported(): boolean {
-  return WebAssembly.validate(kernelBytes("simd"));
+  simd ??= WebAssembly.validate(kernelBytes("simd"));
+  return simd;
 }
 
 /** The compiled module of one flavor for unshared or shared memories (compiled once, synchronously: it is a few KB). */
