@@ -98,6 +98,11 @@ export interface SenderStats {
 
 const DONE: Promise<void> = Promise.resolve();
 
+/** The error of a call made while another is still in progress. */
+function overlappingCall(): TandemError {
+  return new TandemError(ErrorCode.InvalidState, "a call was made before the previous one finished; await each call");
+}
+
 /** A transaction, from its BEGIN (or ATOMIC) on. */
 interface Txn {
   readonly id: number;
@@ -281,7 +286,7 @@ export class TransactionSender {
   write(bytes: Uint8Array): Promise<void> {
     // The hot path of a checkpoint (one call per page): no async frames unless the sender must wait.
     if (this.#error) return Promise.reject(this.#error);
-    if (this.#busy) return Promise.reject(this.#die(new TandemError(ErrorCode.InvalidState, "a call was made before the previous one finished; await each call")));
+    if (this.#busy) return Promise.reject(this.#die(overlappingCall()));
     try {
       this.#takePeerCancel();
       this.#step("write");
@@ -310,7 +315,7 @@ export class TransactionSender {
   writeNoCopy(bytes: Uint8Array): Promise<void> {
     // As write(): settles at once unless the transport is backed up or the pool is all in flight.
     if (this.#error) return Promise.reject(this.#error);
-    if (this.#busy) return Promise.reject(this.#die(new TandemError(ErrorCode.InvalidState, "a call was made before the previous one finished; await each call")));
+    if (this.#busy) return Promise.reject(this.#die(overlappingCall()));
     try {
       this.#takePeerCancel();
       this.#step("write");
@@ -755,7 +760,7 @@ export class TransactionSender {
 
   async #op<T>(run: () => Promise<T>): Promise<T> {
     this.#throwIfDead();
-    if (this.#busy) throw this.#die(new TandemError(ErrorCode.InvalidState, "a call was made before the previous one finished; await each call"));
+    if (this.#busy) throw this.#die(overlappingCall());
     this.#busy = true;
     try {
       return await run();
