@@ -15,7 +15,8 @@
  *          (a window of 4), against raw 256 KiB writes: the same write sizes at the application
  *          and on the socket, so it measures what the transaction layer costs.
  *          tcp_efficiency_stop_and_wait: the same with a window of 1 (each transaction waits for
- *          its ACK); tcp_efficiency_16mib_stop_and_wait: 16 MiB transactions, window 1.
+ *          its ACK); tcp_efficiency_16mib and tcp_efficiency_16mib_stop_and_wait: 16 MiB
+ *          transactions, window 4 and window 1.
  *          tcp_efficiency_4k_writes (pipelined) and tcp_efficiency_4k_writes_stop_and_wait:
  *          1 MiB transactions written as 4 KiB pages (write(), copied into the sender's 256 KiB
  *          buffers) against raw 4 KiB writes.
@@ -194,6 +195,7 @@ async function tcp(progress: Progress): Promise<Record<string, number>> {
     txn_1mib_256k_pipelined: { raw: "raw_256k", run: (n) => transactionsTcp(txnPeer.port, n, TXN, large, WINDOW) },
     txn_1mib_256k: { raw: "raw_256k", run: (n) => transactionsTcp(txnPeer.port, n, TXN, large) },
     txn_16mib_256k: { raw: "raw_256k", run: (n) => transactionsTcp(txnPeer.port, n, LARGE_TXN, large) },
+    txn_16mib_256k_pipelined: { raw: "raw_256k", run: (n) => transactionsTcp(txnPeer.port, n, LARGE_TXN, large, WINDOW) },
     txn_1mib_4k_pipelined: { raw: "raw_4k", run: (n) => transactionsTcp(txnPeer.port, n, TXN, PAGE, WINDOW) },
     txn_1mib_4k: { raw: "raw_4k", run: (n) => transactionsTcp(txnPeer.port, n, TXN, PAGE) },
   };
@@ -233,11 +235,13 @@ async function tcp(progress: Progress): Promise<Record<string, number>> {
     tcp_transaction_gbps: m("txn_1mib_256k_pipelined"),
     tcp_transaction_gbps_stop_and_wait: m("txn_1mib_256k"),
     tcp_transaction_gbps_16mib_stop_and_wait: m("txn_16mib_256k"),
+    tcp_transaction_gbps_16mib: m("txn_16mib_256k_pipelined"),
     tcp_transaction_gbps_4k_writes: m("txn_1mib_4k_pipelined"),
     tcp_transaction_gbps_4k_writes_stop_and_wait: m("txn_1mib_4k"),
     tcp_efficiency: r("txn_1mib_256k_pipelined"),
     tcp_efficiency_stop_and_wait: r("txn_1mib_256k"),
     tcp_efficiency_16mib_stop_and_wait: r("txn_16mib_256k"),
+    tcp_efficiency_16mib: r("txn_16mib_256k_pipelined"),
     tcp_efficiency_4k_writes: r("txn_1mib_4k_pipelined"),
     tcp_efficiency_4k_writes_stop_and_wait: r("txn_1mib_4k"),
   };
