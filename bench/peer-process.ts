@@ -1,7 +1,7 @@
 /**
  * A bench peer in its own process (tcp-peer.ts, replication-peer.ts), as a standby or receiver
- * would be: started on this runtime, it prints `PORT <n>` once it listens; any other line it
- * prints is kept, and a JSON line is its result when it exits.
+ * would be: started on this runtime, it prints `PORT <n>...` once it listens (one port or more);
+ * any other line it prints is kept, and a JSON line is its result when it exits.
  */
 
 import { spawn } from "node:child_process";
@@ -10,7 +10,10 @@ import { selfCommand } from "../host/runtime/self-command.ts";
 
 /** A running peer. */
 export interface PeerProcess {
+  /** The first port it printed. */
   port: number;
+  /** Every port it printed, in order. */
+  ports: number[];
   /** After it exits: its JSON result line, parsed; throws if that reports an error. */
   result<R extends object>(): Promise<R>;
   kill(): void;
@@ -23,21 +26,22 @@ export async function startPeer(script: string, args: string[], name: string): P
   const lines: string[] = [];
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   let text = "";
-  const port = await new Promise<number>((resolve, reject) => {
+  const ports = await new Promise<number[]>((resolve, reject) => {
     child.stdout!.on("data", (chunk: Uint8Array) => {
       text += new TextDecoder().decode(chunk);
       const parts = text.split("\n");
       text = parts.pop()!;
       for (const line of parts) {
-        const match = /^PORT (\d+)$/.exec(line);
-        if (match) resolve(Number(match[1]));
+        const match = /^PORT (\d+(?: \d+)*)$/.exec(line);
+        if (match) resolve(match[1].split(" ").map(Number));
         else lines.push(line);
       }
     });
     child.once("exit", (code) => reject(new Error(`${name} exited (${code}) before listening`)));
   });
   return {
-    port,
+    port: ports[0],
+    ports,
     result: async <R extends object>() => {
       await exited;
       const r = JSON.parse(lines.find((l) => l.startsWith("{")) ?? "{}") as R & { error?: string };

@@ -7,10 +7,11 @@
  * delta:   page deltas for 1024 pages each with 1% of their bytes (41) changed at random places:
  *          encode speed for every flavor, and encoded bytes over raw bytes.
  * tcp:     committed, acknowledged transactions from a sender to a receiver in another process
- *          over TCP loopback, against raw socket writes of the same payload bytes to a peer
- *          process that counts them and answers one byte after the last; both timed to that
- *          answer. Each transaction run is paired with a raw run of the same write size in the
- *          same round, and every efficiency is the median of those per-pair ratios.
+ *          over TCP loopback, against raw socket writes of the same payload bytes to the same
+ *          process, which counts them and answers one byte after each run's last; both timed to
+ *          that answer. Every contender keeps one warm connection for the whole bench. Each
+ *          transaction run is paired with a raw run of the same write size in the same round,
+ *          and every efficiency is the median of those per-pair ratios.
  *          tcp_efficiency: 1 MiB transactions handed over in 256 KiB writeNoCopy()s, pipelined
  *          (a window of 4), against raw 256 KiB writes: the same write sizes at the application
  *          and on the socket, so it measures what the transaction layer costs.
@@ -124,108 +125,130 @@ function delta(progress: Progress): Record<string, number> {
 }
 
 /**
- * Seconds to push `total` bytes to the raw peer in writes of `size` bytes, until it answers. The
- * writes rotate through four buffers, as the sender's pool does, rather than resending one
- * cache-hot buffer: a real writer sends different bytes each time.
+ * A long-lived raw connection to the peer, as a replication stream is: each run pushes `total`
+ * bytes in writes of `size` bytes and waits for the peer's one-byte answer. The writes rotate
+ * through four buffers, as the sender's pool does, rather than resending one cache-hot buffer: a
+ * real writer sends different bytes each time.
  */
-async function rawTcp(port: number, total: number, size: number): Promise<number> {
+async function rawConnection(port: number, size: number): Promise<{ run: (total: number) => Promise<number>; close: () => void }> {
   const pool = Array.from({ length: 4 }, (_, i) => Buffer.alloc(size, i + 1));
   const socket = net.connect({ port, host: "127.0.0.1" });
   await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
   socket.setNoDelay(true);
-  const answered = new Promise<void>((resolve) => socket.once("data", () => resolve()));
-  const start = performance.now();
-  for (let sent = 0, i = 0; sent < total; sent += size, i++) {
-    if (!socket.write(pool[i & 3])) await new Promise<void>((resolve) => socket.once("drain", () => resolve()));
-  }
-  await answered;
-  const seconds = (performance.now() - start) / 1000;
-  socket.destroy();
-  return seconds;
+  const run = async (total: number) => {
+    const answered = new Promise<void>((resolve) => socket.once("data", () => resolve()));
+    const start = performance.now();
+    for (let sent = 0, i = 0; sent < total; sent += size, i++) {
+      if (!socket.write(pool[i & 3])) await new Promise<void>((resolve) => socket.once("drain", () => resolve()));
+    }
+    await answered;
+    return (performance.now() - start) / 1000;
+  };
+  return { run, close: () => socket.destroy() };
 }
 
 /**
- * Seconds to send `total` bytes as committed transactions of `txn` bytes, until the last ACK. The
- * application writes `size` bytes at a time: 4 KiB pages through `write()` (copied into the
- * sender's pool), or larger buffers through `writeNoCopy()` (sent from the application's memory,
- * which it leaves alone until the commit), rotating through four of them as rawTcp does (they
- * never change, so pipelined transactions may share them). With a `window` over 1, commits are
- * left outstanding and the oldest is awaited once `window` are, as an application would.
+ * A long-lived transaction session to the peer. Each run sends `total` bytes as committed
+ * transactions of `txn` bytes and waits for the last ACK. The application writes `size` bytes at
+ * a time: 4 KiB pages through `write()` (copied into the sender's pool), or larger buffers through
+ * `writeNoCopy()` (sent from the application's memory, which it leaves alone until the commit),
+ * rotating through four of them as the raw connection does (they never change, so pipelined
+ * transactions may share them). With a `window` over 1, commits are left outstanding and the
+ * oldest is awaited once `window` are, as an application would.
  */
-async function transactionsTcp(port: number, total: number, txn: number, size: number, window = 1): Promise<number> {
+async function transactionSession(port: number, txn: number, size: number, window: number): Promise<{ run: (total: number) => Promise<number>; close: () => void }> {
   const sender = new TransactionSender(await connect({ port }), { window });
   await sender.open();
   const pool = Array.from({ length: 4 }, (_, i) => new Uint8Array(size).fill(i + 1));
-  const commits: Promise<void>[] = [];
-  const start = performance.now();
-  for (let sent = 0, i = 0; sent < total; sent += txn) {
-    if (commits.length === window) await commits.shift();
-    await sender.begin();
-    for (let at = 0; at < txn; at += size, i++) {
-      if (size === PAGE) await sender.write(pool[i & 3]);
-      else await sender.writeNoCopy(pool[i & 3]);
+  const run = async (total: number) => {
+    const acked = sender.stats.acked;
+    const commits: Promise<void>[] = [];
+    const start = performance.now();
+    for (let sent = 0, i = 0; sent < total; sent += txn) {
+      if (commits.length === window) await commits.shift();
+      await sender.begin();
+      for (let at = 0; at < txn; at += size, i++) {
+        if (size === PAGE) await sender.write(pool[i & 3]);
+        else await sender.writeNoCopy(pool[i & 3]);
+      }
+      commits.push(sender.commit());
     }
-    commits.push(sender.commit());
-  }
-  await Promise.all(commits);
-  const seconds = (performance.now() - start) / 1000;
-  if (sender.stats.acked !== total / txn) throw new Error(`tcp bench: ${sender.stats.acked} transactions acknowledged, expected ${total / txn}`);
-  sender.close();
-  return seconds;
+    await Promise.all(commits);
+    const seconds = (performance.now() - start) / 1000;
+    const answered = sender.stats.acked - acked;
+    if (answered !== total / txn) throw new Error(`tcp bench: ${answered} transactions acknowledged, expected ${total / txn}`);
+    return seconds;
+  };
+  return { run, close: () => sender.close() };
 }
 
-/** A TCP contender: the raw baseline it is paired with in each round, and how it runs. */
+/** A TCP contender: the raw baseline it is paired with in each round, and how it connects. */
 interface TcpRun {
   raw: "raw_4k" | "raw_256k";
-  run: (total: number) => Promise<number>;
+  open: () => Promise<{ run: (total: number) => Promise<number>; close: () => void }>;
 }
 
 async function tcp(progress: Progress): Promise<Record<string, number>> {
   const total = 128 << 20;
   const large = 256 * 1024; // the sender's default buffer size
-  const rounds = 15;
-  const warmup = 2;
-  const rawPeer = await startPeer("./tcp-peer.ts", ["raw", String(total)], "the raw TCP peer");
-  const txnPeer = await startPeer("./tcp-peer.ts", ["transactions"], "the transaction peer");
-  const raws: Record<TcpRun["raw"], (total: number) => Promise<number>> = {
-    raw_4k: (n) => rawTcp(rawPeer.port, n, PAGE),
-    raw_256k: (n) => rawTcp(rawPeer.port, n, large),
+  const rounds = 31;
+  const warmup = 3;
+  const peer = await startPeer("./tcp-peer.ts", [String(total)], "the TCP peer");
+  const [rawPort, txnPort] = peer.ports;
+  const baselines: Record<TcpRun["raw"], () => ReturnType<typeof rawConnection>> = {
+    raw_4k: () => rawConnection(rawPort, PAGE),
+    raw_256k: () => rawConnection(rawPort, large),
   };
-  const runs: Record<string, TcpRun> = {
-    txn_1mib_256k_pipelined: { raw: "raw_256k", run: (n) => transactionsTcp(txnPeer.port, n, TXN, large, WINDOW) },
-    txn_1mib_256k: { raw: "raw_256k", run: (n) => transactionsTcp(txnPeer.port, n, TXN, large) },
-    txn_16mib_256k: { raw: "raw_256k", run: (n) => transactionsTcp(txnPeer.port, n, LARGE_TXN, large) },
-    txn_16mib_256k_pipelined: { raw: "raw_256k", run: (n) => transactionsTcp(txnPeer.port, n, LARGE_TXN, large, WINDOW) },
-    txn_1mib_4k_pipelined: { raw: "raw_4k", run: (n) => transactionsTcp(txnPeer.port, n, TXN, PAGE, WINDOW) },
-    txn_1mib_4k: { raw: "raw_4k", run: (n) => transactionsTcp(txnPeer.port, n, TXN, PAGE) },
+  const contenders: Record<string, TcpRun> = {
+    txn_1mib_256k_pipelined: { raw: "raw_256k", open: () => transactionSession(txnPort, TXN, large, WINDOW) },
+    txn_1mib_256k: { raw: "raw_256k", open: () => transactionSession(txnPort, TXN, large, 1) },
+    txn_16mib_256k: { raw: "raw_256k", open: () => transactionSession(txnPort, LARGE_TXN, large, 1) },
+    txn_16mib_256k_pipelined: { raw: "raw_256k", open: () => transactionSession(txnPort, LARGE_TXN, large, WINDOW) },
+    txn_1mib_4k_pipelined: { raw: "raw_4k", open: () => transactionSession(txnPort, TXN, PAGE, WINDOW) },
+    txn_1mib_4k: { raw: "raw_4k", open: () => transactionSession(txnPort, TXN, PAGE, 1) },
   };
-  const gbps: Record<string, number[]> = Object.fromEntries([...Object.keys(raws), ...Object.keys(runs)].map((name) => [name, []]));
+  const gbps: Record<string, number[]> = Object.fromEntries([...Object.keys(baselines), ...Object.keys(contenders)].map((name) => [name, []]));
   // Each transaction run is paired with a run of its raw baseline right next to it, in the same
   // round, and the efficiency is the median of those per-pair ratios: loopback throughput drifts
-  // by a factor of two with what else the machine runs, and a pair sees the same drift.
-  const ratios: Record<string, number[]> = Object.fromEntries(Object.keys(runs).map((name) => [name, []]));
-  const gbpsOf = async (run: (n: number) => Promise<number>) => total / 1e9 / (await run(total));
+  // by a factor of two with what else the machine runs, and a pair sees the same drift. Every
+  // contender keeps one connection for the whole bench, opened before timing, as a replication
+  // session would: runs measure a warm stream, not a connection's setup and TCP's slow start.
+  const ratios: Record<string, number[]> = Object.fromEntries(Object.keys(contenders).map((name) => [name, []]));
+  const open: { close: () => void }[] = [];
   try {
+    const raw: Record<string, (total: number) => Promise<number>> = {};
+    for (const [name, connect] of Object.entries(baselines)) {
+      const connection = await connect();
+      open.push(connection);
+      raw[name] = connection.run;
+    }
+    const runs: Record<string, (total: number) => Promise<number>> = {};
+    for (const [name, contender] of Object.entries(contenders)) {
+      const session = await contender.open();
+      open.push(session);
+      runs[name] = session.run;
+    }
+    const gbpsOf = async (run: (n: number) => Promise<number>) => total / 1e9 / (await run(total));
     for (let round = 0; round < warmup + rounds; round++) {
       progress(`tcp loopback, round ${round + 1}/${warmup + rounds}`);
-      const names = Object.keys(runs);
+      const names = Object.keys(contenders);
       for (let k = 0; k < names.length; k++) {
         const name = names[(round + k) % names.length];
-        const { raw, run } = runs[name];
-        // Alternate which of the pair goes first, so neither always follows the same thing.
-        const rawFirst = (round + k) % 2 === 0;
-        const rawRate = rawFirst ? await gbpsOf(raws[raw]) : 0;
-        const rate = await gbpsOf(run);
-        const baseline = rawFirst ? rawRate : await gbpsOf(raws[raw]);
+        const baseline = contenders[name].raw;
+        // Alternate, round by round, which of the pair goes first, so neither always follows the same thing.
+        const rawFirst = (round + names.indexOf(name)) % 2 === 0;
+        const rawRate = rawFirst ? await gbpsOf(raw[baseline]) : 0;
+        const rate = await gbpsOf(runs[name]);
+        const rawRate2 = rawFirst ? rawRate : await gbpsOf(raw[baseline]);
         if (round < warmup) continue; // the first rounds warm both processes up
         gbps[name].push(rate);
-        gbps[raw].push(baseline);
-        ratios[name].push(rate / baseline);
+        gbps[baseline].push(rawRate2);
+        ratios[name].push(rate / rawRate2);
       }
     }
   } finally {
-    rawPeer.kill();
-    txnPeer.kill();
+    for (const connection of open) connection.close();
+    peer.kill();
   }
   const m = (name: string) => median(gbps[name]);
   const r = (name: string) => median(ratios[name]);
