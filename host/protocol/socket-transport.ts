@@ -4,11 +4,19 @@
 
 import * as net from "node:net";
 import { ErrorCode, TandemError } from "../errors.ts";
+import { runtimeName } from "../runtime/runtime.ts";
 import { tracerFor, type Tracer } from "../trace.ts";
 import { TransportBase, closedError } from "./transport.ts";
 
 /** Where to listen or connect: a TCP port (loopback by default) or a Unix socket path. */
 export type SocketAddress = { port: number; host?: string } | { path: string };
+
+/**
+ * Whether a batch is corked. Node and Deno send a corked batch as one writev. Bun's cork copies
+ * the batch into one new buffer first: for a header and a 256 KiB payload that copy cost ~18% of
+ * loopback throughput, where sending the header on its own cost nothing measurable.
+ */
+const CORK_BATCHES = runtimeName() !== "bun";
 
 /** A transport over a connected socket. */
 export class SocketTransport extends TransportBase {
@@ -38,6 +46,7 @@ export class SocketTransport extends TransportBase {
   }
 
   override batch(writes: () => boolean): boolean {
+    if (!CORK_BATCHES) return writes() && !this.#socket.destroyed;
     this.#socket.cork();
     try {
       writes();
