@@ -1,6 +1,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { mkdtempSync, rmSync } from "node:fs";
+import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ErrorCode } from "../host/errors.ts";
@@ -75,6 +76,60 @@ for (const [name, address] of [["TCP loopback", { port: 0 }], ["Unix socket", { 
     await server.close();
   });
 }
+
+test("batch() reports when the kernel stops taking bytes; everything batched still arrives whole and in order", async () => {
+  // A peer that does not read yet, so the socket's buffers fill. Node and Deno send each batch as
+  // one writev; Bun, whose cork would copy it, as separate writes: both must keep the order.
+  let accepted!: (socket: net.Socket) => void;
+  const peerSocket = new Promise<net.Socket>((resolve) => (accepted = resolve));
+  const server = net.createServer((socket) => {
+    socket.pause();
+    accepted(socket);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+  const transport = await connect({ port: (server.address() as net.AddressInfo).port });
+  const peer = await peerSocket;
+  const payload = pattern(256 * 1024, 7);
+  const header = (i: number) => new Uint8Array(12).fill(i + 1);
+  let written = 0;
+  let failed: Error | undefined;
+  const done = (error?: Error) => {
+    written++;
+    failed ??= error;
+  };
+  let batches = 0;
+  let more = true;
+  while (more && batches < 255) { // 64 MiB at most: far past what loopback buffers hold
+    const i = batches++;
+    more = transport.batch(() => {
+      transport.write(header(i), done);
+      return transport.write(payload, done);
+    });
+  }
+  assert.not.ok(more, `the transport took ${batches} batches of 256 KiB without saying "wait"`);
+  const frame = 12 + payload.length;
+  const received = new Uint8Array(batches * frame);
+  let at = 0;
+  await new Promise<void>((resolve) => {
+    peer.on("data", (chunk: Uint8Array) => {
+      received.set(chunk.subarray(0, received.length - at), at);
+      at += chunk.length;
+      if (at >= received.length) resolve();
+    });
+    peer.resume();
+  });
+  assert.is(at, received.length);
+  for (let i = 0; i < batches; i++) {
+    assert.equal(received.subarray(i * frame, i * frame + 12), header(i), `header ${i}`);
+    assert.ok(received.subarray(i * frame + 12, (i + 1) * frame).every((b, j) => b === payload[j]), `payload ${i}`);
+  }
+  for (let waits = 0; written < 2 * batches && waits < 1000; waits++) await new Promise((resolve) => setTimeout(resolve, 5));
+  assert.is(written, 2 * batches, "every write reported done");
+  assert.is(failed, undefined);
+  transport.close();
+  peer.destroy();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+});
 
 test("connecting where nobody listens is E_PEER_CLOSED", async () => {
   assert.is(await rejectionCode(connect({ path: join(dir, "nobody") })), ErrorCode.PeerClosed);
