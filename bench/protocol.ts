@@ -124,13 +124,19 @@ function delta(progress: Progress): Record<string, number> {
   };
 }
 
+/** A connection kept for the whole bench: each run sends `total` bytes and returns the seconds it took. */
+interface TcpConnection {
+  run(total: number): Promise<number>;
+  close(): void;
+}
+
 /**
  * A long-lived raw connection to the peer, as a replication stream is: each run pushes `total`
  * bytes in writes of `size` bytes and waits for the peer's one-byte answer. The writes rotate
  * through four buffers, as the sender's pool does, rather than resending one cache-hot buffer: a
  * real writer sends different bytes each time.
  */
-async function rawConnection(port: number, size: number): Promise<{ run: (total: number) => Promise<number>; close: () => void }> {
+async function rawConnection(port: number, size: number): Promise<TcpConnection> {
   const pool = Array.from({ length: 4 }, (_, i) => Buffer.alloc(size, i + 1));
   const socket = net.connect({ port, host: "127.0.0.1" });
   await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
@@ -156,7 +162,7 @@ async function rawConnection(port: number, size: number): Promise<{ run: (total:
  * transactions may share them). With a `window` over 1, commits are left outstanding and the
  * oldest is awaited once `window` are, as an application would.
  */
-async function transactionSession(port: number, txn: number, size: number, window: number): Promise<{ run: (total: number) => Promise<number>; close: () => void }> {
+async function transactionSession(port: number, txn: number, size: number, window: number): Promise<TcpConnection> {
   const sender = new TransactionSender(await connect({ port }), { window });
   await sender.open();
   const pool = Array.from({ length: 4 }, (_, i) => new Uint8Array(size).fill(i + 1));
@@ -185,7 +191,7 @@ async function transactionSession(port: number, txn: number, size: number, windo
 /** A TCP contender: the raw baseline it is paired with in each round, and how it connects. */
 interface TcpRun {
   raw: "raw_4k" | "raw_256k";
-  open: () => Promise<{ run: (total: number) => Promise<number>; close: () => void }>;
+  open: () => Promise<TcpConnection>;
 }
 
 async function tcp(progress: Progress): Promise<Record<string, number>> {
@@ -195,7 +201,7 @@ async function tcp(progress: Progress): Promise<Record<string, number>> {
   const warmup = 3;
   const peer = await startPeer("./tcp-peer.ts", [String(total)], "the TCP peer");
   const [rawPort, txnPort] = peer.ports;
-  const baselines: Record<TcpRun["raw"], () => ReturnType<typeof rawConnection>> = {
+  const baselines: Record<TcpRun["raw"], () => Promise<TcpConnection>> = {
     raw_4k: () => rawConnection(rawPort, PAGE),
     raw_256k: () => rawConnection(rawPort, large),
   };
@@ -214,40 +220,38 @@ async function tcp(progress: Progress): Promise<Record<string, number>> {
   // contender keeps one connection for the whole bench, opened before timing, as a replication
   // session would: runs measure a warm stream, not a connection's setup and TCP's slow start.
   const ratios: Record<string, number[]> = Object.fromEntries(Object.keys(contenders).map((name) => [name, []]));
-  const open: { close: () => void }[] = [];
+  const connections: TcpConnection[] = [];
+  const opened = async (open: () => Promise<TcpConnection>) => {
+    const connection = await open();
+    connections.push(connection);
+    return connection;
+  };
   try {
-    const raw: Record<string, (total: number) => Promise<number>> = {};
-    for (const [name, connect] of Object.entries(baselines)) {
-      const connection = await connect();
-      open.push(connection);
-      raw[name] = connection.run;
-    }
-    const runs: Record<string, (total: number) => Promise<number>> = {};
-    for (const [name, contender] of Object.entries(contenders)) {
-      const session = await contender.open();
-      open.push(session);
-      runs[name] = session.run;
-    }
-    const gbpsOf = async (run: (n: number) => Promise<number>) => total / 1e9 / (await run(total));
+    const raw: Record<string, TcpConnection> = {};
+    for (const [name, open] of Object.entries(baselines)) raw[name] = await opened(open);
+    const runs: Record<string, TcpConnection> = {};
+    for (const [name, contender] of Object.entries(contenders)) runs[name] = await opened(contender.open);
+    const gbpsOf = async (connection: TcpConnection) => total / 1e9 / (await connection.run(total));
     for (let round = 0; round < warmup + rounds; round++) {
       progress(`tcp loopback, round ${round + 1}/${warmup + rounds}`);
       const names = Object.keys(contenders);
       for (let k = 0; k < names.length; k++) {
         const name = names[(round + k) % names.length];
         const baseline = contenders[name].raw;
-        // Alternate, round by round, which of the pair goes first, so neither always follows the same thing.
+        // Alternate, round by round, which of the pair goes first, so neither always follows
+        // the same thing.
         const rawFirst = (round + names.indexOf(name)) % 2 === 0;
-        const rawRate = rawFirst ? await gbpsOf(raw[baseline]) : 0;
+        const rawBefore = rawFirst ? await gbpsOf(raw[baseline]) : 0;
         const rate = await gbpsOf(runs[name]);
-        const rawRate2 = rawFirst ? rawRate : await gbpsOf(raw[baseline]);
+        const rawRate = rawFirst ? rawBefore : await gbpsOf(raw[baseline]);
         if (round < warmup) continue; // the first rounds warm both processes up
         gbps[name].push(rate);
-        gbps[baseline].push(rawRate2);
-        ratios[name].push(rate / rawRate2);
+        gbps[baseline].push(rawRate);
+        ratios[name].push(rate / rawRate);
       }
     }
   } finally {
-    for (const connection of open) connection.close();
+    for (const connection of connections) connection.close();
     peer.kill();
   }
   const m = (name: string) => median(gbps[name]);
