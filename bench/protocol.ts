@@ -236,11 +236,12 @@ async function tcp(progress: Progress): Promise<Record<string, number>> {
       progress(`tcp loopback, round ${round + 1}/${warmup + rounds}`);
       const names = Object.keys(contenders);
       for (let k = 0; k < names.length; k++) {
-        const name = names[(round + k) % names.length];
+        const index = (round + k) % names.length;
+        const name = names[index];
         const baseline = contenders[name].raw;
         // Alternate, round by round, which of the pair goes first, so neither always follows
         // the same thing.
-        const rawFirst = (round + names.indexOf(name)) % 2 === 0;
+        const rawFirst = (round + index) % 2 === 0;
         const rawBefore = rawFirst ? await gbpsOf(raw[baseline]) : 0;
         const rate = await gbpsOf(runs[name]);
         const rawRate = rawFirst ? rawBefore : await gbpsOf(raw[baseline]);

@@ -8,6 +8,7 @@ import { ErrorCode } from "../host/errors.ts";
 import { TransactionReceiver } from "../host/protocol/receiver.ts";
 import { TransactionSender } from "../host/protocol/sender.ts";
 import { connect, listen, type SocketAddress, type SocketTransport } from "../host/protocol/socket-transport.ts";
+import { bytesEqual } from "./support/flavors.ts";
 import { pattern, rejectionCode } from "./support/session.ts";
 
 const test = suite("sessions over TCP and Unix sockets");
@@ -121,7 +122,7 @@ test("batch() reports when the kernel stops taking bytes; everything batched sti
   assert.is(at, received.length);
   for (let i = 0; i < batches; i++) {
     assert.equal(received.subarray(i * frame, i * frame + 12), header(i), `header ${i}`);
-    assert.ok(received.subarray(i * frame + 12, (i + 1) * frame).every((b, j) => b === payload[j]), `payload ${i}`);
+    assert.ok(bytesEqual(received.subarray(i * frame + 12, (i + 1) * frame), payload), `payload ${i}`);
   }
   for (let waits = 0; written < 2 * batches && waits < 1000; waits++) await new Promise((resolve) => setTimeout(resolve, 5));
   assert.is(written, 2 * batches, "every write reported done");

@@ -12,6 +12,7 @@ import { configureTracing } from "../host/trace.ts";
 import { KERNEL_FLAVORS } from "../host/wasm/kernels.ts";
 import { concat } from "./support/bytes.ts";
 import { errorCode } from "./support/errors.ts";
+import { bytesEqual } from "./support/flavors.ts";
 import { STREAM_ERRORS, pattern, rejectionCode, session, until } from "./support/session.ts";
 
 const test = suite("transaction sessions");
@@ -745,15 +746,11 @@ function framedAsWhole(bytes: Uint8Array): Uint8Array[] {
 function isSubsequence(seen: readonly Uint8Array[], whole: readonly Uint8Array[]): boolean {
   let i = 0;
   for (const t of seen) {
-    while (i < whole.length && !sameBytes(whole[i], t)) i++;
+    while (i < whole.length && !bytesEqual(whole[i], t)) i++;
     if (i === whole.length) return false;
     i++;
   }
   return true;
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 /** Feeds `bytes` to a fresh receiver in random pieces, then closes; returns its end code and what it delivered. */

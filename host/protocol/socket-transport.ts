@@ -46,7 +46,7 @@ export class SocketTransport extends TransportBase {
   }
 
   override batch(writes: () => boolean): boolean {
-    if (!CORK_BATCHES) return writes() && !this.#socket.destroyed;
+    if (!CORK_BATCHES) return super.batch(writes) && !this.#socket.destroyed;
     this.#socket.cork();
     try {
       writes();
