@@ -106,6 +106,12 @@ export const ErrorCode = {
   GrantInUse: "E_GRANT_IN_USE",
   /** An event channel port that is not open, not in the state the call needs, or none free. */
   EvtchnPort: "E_EVTCHN_PORT",
+
+  // Network (host/net/)
+  /** A frame stream from the network peer that is not QEMU's stream framing (a bad length). */
+  NetFrame: "E_NET_FRAME",
+  /** The network could not be had: passt missing or failing, or its socket not answering. */
+  NetUnavailable: "E_NET_UNAVAILABLE",
 } as const;
 
 /** One of the values of {@link ErrorCode}. */
