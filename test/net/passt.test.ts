@@ -61,7 +61,7 @@ test("a passt that cannot start, or a network that is not there, is a coded erro
       assert.unreachable("it started");
     } catch (error) {
       assert.instance(error, TandemError);
-      assert.ok([ErrorCode.NetUnavailable, ErrorCode.BadArgument].includes((error as TandemError).code), String(error));
+      assert.ok(([ErrorCode.NetUnavailable, ErrorCode.BadArgument] as string[]).includes((error as TandemError).code), String(error));
     }
   }
 });

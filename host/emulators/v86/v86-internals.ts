@@ -17,6 +17,9 @@
  *   compiled at `ptr` in its memory; it reads the module through `cpu.wasm_memory.buffer` and
  *   links it against `cpu.jit_imports` (whose `m` is the memory). With a shared memory, each such
  *   module is rewritten to import it as shared first ({@link shareJitCode}).
+ * - `emulator.bus`: the starter's end of v86's message bus (src/browser/starter.js); a frame sent
+ *   on it as `net0-receive` reaches the first network card (src/ne2k.js), which announces the
+ *   frames it transmits as `net0-send` ({@link v86NetworkBus}).
  */
 
 import { ErrorCode, TandemError } from "../../errors.ts";
@@ -50,6 +53,21 @@ export interface V86Ram {
   memory: WebAssembly.Memory;
   offset: number;
   size: number;
+}
+
+/** The starter's end of v86's bus, as the network bridge uses it. */
+export interface V86NetworkBus {
+  add_listener(event: string, listener: (data: Uint8Array) => void): void;
+  bus: { send(event: string, data: Uint8Array): void };
+}
+
+/** The emulator as a network bus, after checking that its bus is there. */
+export function v86NetworkBus(emulator: object): V86NetworkBus {
+  const candidate = emulator as Partial<V86NetworkBus>;
+  if (typeof candidate.add_listener !== "function" || typeof candidate.bus?.send !== "function") {
+    throw new TandemError(ErrorCode.EmulatorChanged, `this v86 build has no emulator.bus.send(), which tandem's network bridge uses (written for v86 ${V86_VERSION})`);
+  }
+  return candidate as V86NetworkBus;
 }
 
 /** The inner machine of a V86 instance, after checking every internal tandem uses. */

@@ -26,7 +26,8 @@ import type { Machine, MachineDisk, MachineOutput } from "../../machine/machine.
 import { MemoryDisk } from "../../machine/memory-disk.ts";
 import { MAX_WASM_PAGES, shareModuleMemory, type SharedMemoryModule } from "./shared-memory.ts";
 import { V86Disk } from "./v86-disk.ts";
-import { checkV86Internals, restoreDeviceState, saveDeviceState, shareJitCode, v86Ram, type V86Core } from "./v86-internals.ts";
+import { V86Nic } from "./v86-nic.ts";
+import { checkV86Internals, restoreDeviceState, saveDeviceState, shareJitCode, v86NetworkBus, v86Ram, type V86Core } from "./v86-internals.ts";
 
 /** Options of a {@link V86Machine}; a standby must use the same as its primary. */
 export interface V86MachineOptions {
@@ -47,6 +48,13 @@ export interface V86MachineOptions {
    * primary and its standby may differ in it.
    */
   sharedMemory?: boolean;
+  /**
+   * Connect the guest's first network card (v86's NE2000) to tandem: frames it sends become
+   * outputs of channel "net0", held until their checkpoint commits, and {@link V86Machine.nic}
+   * takes frames from the network (v86-nic.ts). Default false: the card is there but its cable
+   * is unplugged, and frames it sends go nowhere.
+   */
+  network?: boolean;
 }
 
 /** The built-in guest (guest/counter): counts on serial0, dirties RAM, stamps disk sectors. */
@@ -84,6 +92,8 @@ export class V86Machine implements Machine {
   readonly disks: readonly MachineDisk[];
   /** The emulator, for anything tandem does not cover (screen, keyboard, more listeners). */
   readonly emulator: V86;
+  /** The first network card, bridged to outputs and inputs when created with `network: true`. */
+  readonly nic: V86Nic | undefined;
   readonly #core: V86Core;
   #running = false;
   #destroyed = false;
@@ -91,13 +101,14 @@ export class V86Machine implements Machine {
   #output: (output: MachineOutput) => void = () => {};
   #diskWrite: (disk: number, offset: number, data: Uint8Array) => void = () => {};
 
-  private constructor(emulator: V86, core: V86Core, disk: MachineDisk | null) {
+  private constructor(emulator: V86, core: V86Core, disk: MachineDisk | null, network: boolean) {
     this.emulator = emulator;
     this.#core = core;
     const ram = v86Ram(core);
     this.memory = [new GuestMemory(ram.memory, { offset: ram.offset, size: ram.size })];
     this.disks = disk ? [disk] : [];
     emulator.add_listener("serial0-output-byte", (byte: number) => this.#serial(byte));
+    this.nic = network ? new V86Nic(v86NetworkBus(emulator), (o) => this.#output(o)) : undefined;
   }
 
   /** Builds a v86 instance, stopped before its first instruction; `resume()` starts the guest. */
@@ -120,6 +131,10 @@ export class V86Machine implements Machine {
       disable_speaker: true,
       disable_keyboard: true,
       disable_mouse: true,
+      // The NE2000's MAC and its 32 KiB of buffer memory come back with its state; without this
+      // v86 keeps the new instance's random MAC and buffer, and a standby's card would drop
+      // frames sent to the guest's address and read stale packets from its ring.
+      preserve_mac_from_state_image: true,
     };
     if (options.cmdline) v86Options.cmdline = options.cmdline;
     if (shared) v86Options.wasm_fn = instantiateShared;
@@ -136,7 +151,7 @@ export class V86Machine implements Machine {
     const core = checkV86Internals(emulator);
     // Before the guest first runs, so that no code is ever compiled against the unshared declaration.
     if (shared) shareJitCode(core, (module) => shareModuleMemory(module).bytes);
-    const machine = new V86Machine(emulator, core, disk);
+    const machine = new V86Machine(emulator, core, disk, options.network ?? false);
     diskWritten = (offset, data) => machine.#diskWrite(0, offset, data);
     return machine;
   }
@@ -152,6 +167,7 @@ export class V86Machine implements Machine {
   pause(): void {
     this.#core.stop();
     this.#running = false;
+    this.nic?.paused();
     this.#flushLine();
   }
 
@@ -160,6 +176,7 @@ export class V86Machine implements Machine {
     if (this.#destroyed || this.#running) return;
     this.#running = true;
     this.#core.run();
+    this.nic?.resumed();
   }
 
   saveDevices(): Uint8Array {

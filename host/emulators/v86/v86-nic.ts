@@ -13,15 +13,10 @@
  */
 
 import type { MachineOutput } from "../../machine/machine.ts";
+import type { V86NetworkBus } from "./v86-internals.ts";
 
 /** The output channel of frames the guest sends. */
 export const NET_CHANNEL = "net0";
-
-/** The part of v86's bus the bridge uses. */
-export interface V86Bus {
-  add_listener(event: string, listener: (data: Uint8Array) => void): void;
-  bus: { send(event: string, data: Uint8Array): void };
-}
 
 /** Frames kept for a paused guest; a checkpoint's pause is a few ms, a takeover's under a second. */
 const MAX_QUEUED_FRAMES = 512;
@@ -37,11 +32,11 @@ export interface V86NicStats {
 /** The bridge between v86's first NIC and a machine's outputs and inputs. */
 export class V86Nic {
   readonly stats: V86NicStats = { sent: 0, received: 0, dropped: 0 };
-  readonly #emulator: V86Bus;
+  readonly #emulator: V86NetworkBus;
   #queue: Uint8Array[] = [];
   #running = false;
 
-  constructor(emulator: V86Bus, output: (o: MachineOutput) => void) {
+  constructor(emulator: V86NetworkBus, output: (o: MachineOutput) => void) {
     this.#emulator = emulator;
     emulator.add_listener("net0-send", (frame: Uint8Array) => {
       this.stats.sent++;
