@@ -64,6 +64,14 @@ export const ErrorCode = {
   /** The operation was cancelled through its AbortSignal or handle. */
   Aborted: "E_ABORTED",
 
+  // The pair and its witness (host/replication/pair-state.ts, host/witness/, docs/replication.md).
+  /** An event the pair's state machine does not allow in its current state (a bug in the caller). */
+  PairTransition: "E_PAIR_TRANSITION",
+  /** This primary lost its lease or another side owns the guest: its guest is paused and nothing more is released. */
+  Fenced: "E_FENCED",
+  /** The witness (etcd) could not be reached, or answered something that makes no sense. */
+  Witness: "E_WITNESS",
+
   // Emulators (host/emulators/).
   /** The emulator is not a version whose internals the adapter knows; the message names what changed. */
   EmulatorChanged: "E_EMULATOR_CHANGED",

@@ -15,17 +15,13 @@ import { StreamWriter } from "../protocol/stream/writer.ts";
 import type { Transport } from "../protocol/transport.ts";
 import { MemoryCapture, captureDiskWrites, captureWholeDisks, type DiskWrite } from "./capture.ts";
 import { peerCall, sendTransaction } from "./peer-calls.ts";
+import { ReleaseGate, type ReleasedOutput } from "./release-gate.ts";
+
+export type { ReleasedOutput } from "./release-gate.ts";
 
 /** The standby's answers, as replication reads them. */
 function standbyCall<T>(call: Promise<T>): Promise<T> {
   return peerCall("standby", call, "; is it fenced to a newer generation?");
-}
-
-/** An output released to the outside world, with its sequence number (keep each seq once). */
-export interface ReleasedOutput {
-  seq: number;
-  channel: string;
-  data: Uint8Array;
 }
 
 /** What one checkpoint cost. */
@@ -58,8 +54,21 @@ export interface ReplicateOptions {
    * compression). Costs a copy of RAM. Default false.
    */
   compression?: boolean;
-  /** Where committed outputs go, in seq order. Default: dropped. */
+  /** Where committed outputs go, in seq order. Default: dropped. Ignored when `gate` is given. */
   release?: (output: ReleasedOutput) => void;
+  /**
+   * The release gate outputs pass (release-gate.ts). A pair that outlives one replication passes
+   * its own, so seqs continue and a witness's lease is checked on every release. Default: a gate
+   * over `release` with no lease.
+   */
+  gate?: ReleaseGate;
+  /**
+   * Asked when the standby is lost, before anything held is released: does this side still own
+   * the guest? With a witness this wins the key again with a higher generation, so the lost
+   * standby can never take over. If it resolves false, the guest is paused, nothing is released,
+   * and replication rejects E_FENCED. Default: yes (Remus: a lost standby is taken as dead).
+   */
+  confirmOwnership?: () => Promise<boolean>;
   /**
    * At most this many output bytes are held (waiting for their checkpoint's ACK); past it the
    * guest is paused until acknowledgements bring it back under. Default: no limit.
@@ -82,7 +91,9 @@ export interface ReplicateOptions {
  * when cancelled (rejecting E_ABORTED) or when the standby is lost (E_PEER_LOST), or refuses
  * (E_FAILED). Either way the machine is left running, and outputs held for checkpoints that will
  * never be acknowledged are released: with no standby to take over, this machine is the only copy.
- * Progress reports count checkpoints, bytes and pages.
+ * The exception is a fenced primary (its gate shut, or `confirmOwnership` said no): it rejects
+ * E_FENCED with the machine paused and nothing more released, and does not tell the standby to
+ * stand down (it is the standby's turn). Progress reports count checkpoints, bytes and pages.
  */
 export function replicate(machine: Machine, transport: Transport, options: ReplicateOptions = {}): OpHandle<never> {
   const intervalMs = options.intervalMs ?? 25;
@@ -90,15 +101,13 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
   if (!(intervalMs >= 0) || !Number.isSafeInteger(generation) || generation < 0) {
     throw new TandemError(ErrorCode.BadArgument, `intervalMs ${intervalMs} and generation ${generation}: expected non-negative numbers`);
   }
-  const release = options.release ?? (() => {});
+  const gate = options.gate ?? new ReleaseGate(options.release ?? (() => {}));
   return startOperation("replicate", async (ctx) => {
     const sender = new TransactionSender(transport, options.sender);
     const memory = new MemoryCapture(machine, { compression: options.compression });
     const writer = new StreamWriter({ pageSize: PAGE_SIZE, regions: machine.memory.map((m) => ({ size: m.size })) });
     let epochOutputs: MachineOutput[] = [];
     let epochDiskWrites: DiskWrite[] = [];
-    let unacknowledged: ReleasedOutput[] = [];
-    let seq = 0;
     let checkpoint = 0;
     let totalBytes = 0;
     let totalPages = 0;
@@ -134,7 +143,8 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
         // The first checkpoint carries whole disks; writes made before it are in them.
         if (checkpoint === 1) captureWholeDisks(machine, writer);
         else captureDiskWrites(machine, epochDiskWrites, writer);
-        const sealed = epochOutputs.map((o) => ({ seq: ++seq, channel: o.channel, data: o.data }));
+        const sealed = gate.seal(epochOutputs);
+        gate.hold(checkpoint, sealed);
         epochOutputs = [];
         epochDiskWrites = [];
         writer.outputs(sealed);
@@ -144,20 +154,17 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
         if (!throttled) await machine.resume();
         options.onResumed?.(checkpoint);
         const pauseMs = performance.now() - started;
-        unacknowledged = sealed;
         await standbyCall(sendTransaction(sender, bytes));
-        unacknowledged = [];
         totalBytes += bytes.length;
         totalPages += pages;
         const stats = {
           checkpoint, pauseMs, pages, zeroPages, deltaPages, bytes: bytes.length, commitMs: performance.now() - started,
-          lastSeq: seq, heldOutputBytes: held,
+          lastSeq: gate.lastSeq, heldOutputBytes: held,
         };
         options.onCommitted?.(stats);
-        for (const o of sealed) {
-          release(o); // acknowledged: the standby can reproduce them now
-          held -= o.data.length;
-        }
+        // Acknowledged: the standby can reproduce them now. The gate may still refuse (lease lost).
+        if (!gate.acknowledge(checkpoint)) throw fenced();
+        for (const o of sealed) held -= o.data.length;
         if (throttled && held <= maxHeld) {
           throttled = false;
           await machine.resume();
@@ -167,22 +174,40 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
         if (wait > 0) await sleep(wait, ctx.signal);
       }
     } catch (error) {
-      if (ctx.signal.aborted && sender.error === undefined) {
+      // A fenced primary leaves the standby be: it may have to take over.
+      if (ctx.signal.aborted && sender.error === undefined && !gate.isShut) {
         writer.take(); // whatever a cut-short capture left
         writer.end();
         await sender.atomic(writer.take()).catch(() => {}); // best effort: it may have gone meanwhile
       }
+      if (gate.isShut) throw fenced();
+      // Alone now, unless the witness says otherwise: what was held goes out, and from here on
+      // outputs go out as they come (each through the gate, so a lease still counts).
+      if (!ctx.signal.aborted && options.confirmOwnership && !(await options.confirmOwnership())) {
+        gate.shut();
+        throw fenced();
+      }
+      gate.hold(Number.MAX_SAFE_INTEGER, gate.seal(epochOutputs));
+      epochOutputs = [];
+      if (!gate.releaseHeld()) throw fenced();
       throw error;
     } finally {
       ctx.signal.removeEventListener("abort", stop);
       sender.close();
-      // Alone now: what was held goes out, and from here on outputs go out as they come.
-      for (const o of [...unacknowledged, ...epochOutputs.map((e) => ({ seq: ++seq, channel: e.channel, data: e.data }))]) release(o);
-      machine.onOutput((o) => release({ seq: ++seq, channel: o.channel, data: o.data }));
       machine.onDiskWrite(() => {});
-      if (!machine.running) await machine.resume();
+      if (gate.isShut) {
+        machine.onOutput(() => {}); // a fenced guest stays paused; anything it still says is dropped
+        if (machine.running) await machine.pause();
+      } else {
+        machine.onOutput((o) => void gate.direct(o));
+        if (!machine.running) await machine.resume();
+      }
     }
   }, { signal: options.signal });
+}
+
+function fenced(): TandemError {
+  return new TandemError(ErrorCode.Fenced, "this primary no longer owns the guest (lease lost, or the witness names another side): guest paused, nothing more released");
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
