@@ -78,6 +78,12 @@ export const ErrorCode = {
   /** The emulator or its guest could not be started; the message says what to fix. */
   EmulatorStart: "E_EMULATOR_START",
 
+  // Guests (host/machine/guest-identity.ts, host/emulators/v86/guest-description.ts).
+  /** A guest file or guest flag is malformed, names a file that cannot be read, or a value out of range; the message names the field. */
+  GuestFile: "E_GUEST_FILE",
+  /** The other side's guest is built from a different description; the message lists what differs. */
+  GuestMismatch: "E_GUEST_MISMATCH",
+
   // Disks and disk images (host/disk/, docs/disks.md).
   /** The operating system refused a read, write, sync or open of an image file; the message names the file. */
   DiskIo: "E_DISK_IO",

@@ -69,7 +69,8 @@ test("the header's bytes, field by field", () => {
 
 test("a wrong magic, version or flag is E_STREAM_VERSION", () => {
   const { bytes } = sample();
-  for (const [at, value] of [[0, 0x55], [8, 2], [20, 1]]) {
+  // Bit 0 of the flags is the identity section's; any other bit is unknown.
+  for (const [at, value] of [[0, 0x55], [8, 2], [20, 2], [23, 0x80]]) {
     const bad = bytes.slice();
     bad[at] = value;
     assert.is(errorCode(() => new StreamReader().read(bad)), ErrorCode.StreamVersion, `byte ${at} = ${value}`);

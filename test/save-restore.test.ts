@@ -3,7 +3,7 @@ import * as assert from "uvu/assert";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ErrorCode } from "../host/errors.ts";
+import { ErrorCode, type TandemError } from "../host/errors.ts";
 import { ReferenceMachine } from "../host/machine/reference-machine.ts";
 import { restore, save } from "../host/replication/save-restore.ts";
 import { bytesEqual } from "./support/flavors.ts";
@@ -51,7 +51,9 @@ test("a cut, corrupted or foreign image is refused and the machine is left as it
     assert.ok(bytesEqual(target.memory[0].bytes(), before), `${name}: RAM untouched`);
   }
   const bigger = new ReferenceMachine({ ...OPTIONS, memoryBytes: 4 << 20 });
-  assert.is(await rejectionCode(restore(bigger, file).promise), ErrorCode.StreamFormat, "another memory layout");
+  const refusal = await restore(bigger, file).promise.then(() => undefined, (error: unknown) => error as TandemError);
+  assert.is(refusal?.code, ErrorCode.GuestMismatch, "another memory size");
+  assert.match(refusal!.message, "memory: image 2 MiB, machine 4 MiB");
   assert.is(await rejectionCode(restore(bigger, join(dir, "missing")).promise), ErrorCode.BadArgument, "no such file");
 });
 

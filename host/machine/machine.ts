@@ -6,6 +6,7 @@
 
 import type { BitmapDirtyLog } from "../memory/bitmap-dirty-log.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
+import type { GuestIdentity } from "./guest-identity.ts";
 
 /** Something the guest sent to the outside world: held by the engine until its checkpoint commits. */
 export interface MachineOutput {
@@ -37,6 +38,13 @@ export interface Machine {
   readonly dirtyLogs: readonly (BitmapDirtyLog | undefined)[];
   /** Disks whose writes travel in checkpoints, by index. */
   readonly disks: readonly MachineDisk[];
+  /**
+   * What the machine was built from (guest-identity.ts), sent in the stream header: a standby,
+   * restore or migration destination whose identity differs refuses the stream at connect and
+   * names the fields that differ. Undefined if the adapter cannot say; then only the memory
+   * layout is checked.
+   */
+  readonly identity?: GuestIdentity;
   /** True while the guest runs. */
   readonly running: boolean;
   /** Stops the guest: once it settles, nothing in RAM, devices or disks changes until resume. */

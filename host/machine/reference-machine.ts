@@ -17,6 +17,7 @@ import { ErrorCode, TandemError } from "../errors.ts";
 import { BitmapDirtyLog } from "../memory/bitmap-dirty-log.ts";
 import { GuestMemory, PAGE_SIZE } from "../memory/guest-memory.ts";
 import { WASM_PAGE_SIZE } from "../wasm/heap.ts";
+import { formatSize, guestIdentity, type GuestIdentity } from "./guest-identity.ts";
 import type { Machine, MachineDisk, MachineOutput } from "./machine.ts";
 import { MemoryDisk } from "./memory-disk.ts";
 
@@ -53,6 +54,7 @@ export class ReferenceMachine implements Machine {
   readonly memory: readonly GuestMemory[];
   readonly dirtyLogs: readonly BitmapDirtyLog[];
   readonly disks: readonly MachineDisk[];
+  readonly identity: GuestIdentity;
   readonly #ram: GuestMemory;
   readonly #log: BitmapDirtyLog;
   readonly #disk: MemoryDisk;
@@ -88,6 +90,15 @@ export class ReferenceMachine implements Machine {
     this.#stepsPerTick = options.stepsPerTick ?? 1;
     this.#tickMs = options.tickMs ?? 1;
     this.#random = (options.seed ?? 1) >>> 0 || 1;
+    // What a standby must share: the workload it goes on with after a takeover and the sizes its
+    // state fills. The seed and the pace are not: the generator's state travels in the devices.
+    this.identity = guestIdentity([
+      { name: "machine", kind: "value", value: "reference" },
+      { name: "memory", kind: "value", value: formatSize(memoryBytes) },
+      { name: "disk", kind: "value", value: formatSize(diskBytes) },
+      { name: "dirty pages", kind: "value", value: `${this.#dirtyPages} per step` },
+      { name: "disk every", kind: "value", value: `${this.#diskEvery} steps` },
+    ]);
   }
 
   /** Steps taken (the value printed last). */

@@ -14,7 +14,8 @@ import { TransactionSender, type SenderOptions } from "../protocol/sender.ts";
 import { StreamWriter } from "../protocol/stream/writer.ts";
 import type { Transport } from "../protocol/transport.ts";
 import { MemoryCapture, captureDiskWrites, captureWholeDisks, type DiskWrite } from "./capture.ts";
-import { peerCall, sendTransaction } from "./peer-calls.ts";
+import { peerCall, sendStreamHeader, sendTransaction } from "./peer-calls.ts";
+import { streamHeaderFor } from "./stream-guest.ts";
 import type { ReleasedOutput } from "./primary.ts";
 
 /** Options of {@link migrate}. */
@@ -67,7 +68,7 @@ export function migrate(machine: Machine, transport: Transport, options: Migrate
     const started = performance.now();
     const sender = new TransactionSender(transport, options.sender);
     const memory = new MemoryCapture(machine);
-    const writer = new StreamWriter({ pageSize: PAGE_SIZE, regions: machine.memory.map((m) => ({ size: m.size })) });
+    const writer = new StreamWriter(streamHeaderFor(machine));
     let released: ReleasedOutput[] = [];
     let diskWrites: DiskWrite[] = [];
     let seq = 0;
@@ -103,7 +104,7 @@ export function migrate(machine: Machine, transport: Transport, options: Migrate
     };
     try {
       await peerCall("destination", sender.open());
-      writer.writeHeader();
+      await sendStreamHeader(sender, writer, "destination", machine.identity);
       memory.arm();
       let converged = false;
       for (;;) {

@@ -8,14 +8,14 @@
 
 import { ErrorCode, TandemError } from "../errors.ts";
 import type { Machine, MachineOutput } from "../machine/machine.ts";
-import { PAGE_SIZE } from "../memory/guest-memory.ts";
 import { startOperation, type OpHandle } from "../ops/operation.ts";
 import { TransactionSender, type SenderOptions } from "../protocol/sender.ts";
 import { StreamWriter } from "../protocol/stream/writer.ts";
 import type { Transport } from "../protocol/transport.ts";
 import { MemoryCapture, captureDiskWrites, captureWholeDisks, type DiskWrite } from "./capture.ts";
-import { peerCall, sendTransaction } from "./peer-calls.ts";
+import { peerCall, sendStreamHeader, sendTransaction } from "./peer-calls.ts";
 import { ReleaseGate, type ReleasedOutput } from "./release-gate.ts";
+import { streamHeaderFor } from "./stream-guest.ts";
 
 export type { ReleasedOutput } from "./release-gate.ts";
 
@@ -105,7 +105,7 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
   return startOperation("replicate", async (ctx) => {
     const sender = new TransactionSender(transport, options.sender);
     const memory = new MemoryCapture(machine, { compression: options.compression });
-    const writer = new StreamWriter({ pageSize: PAGE_SIZE, regions: machine.memory.map((m) => ({ size: m.size })) });
+    const writer = new StreamWriter(streamHeaderFor(machine));
     let epochOutputs: MachineOutput[] = [];
     let epochDiskWrites: DiskWrite[] = [];
     let checkpoint = 0;
@@ -131,7 +131,7 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
     ctx.signal.addEventListener("abort", stop, { once: true });
     try {
       await standbyCall(sender.open());
-      writer.writeHeader();
+      await sendStreamHeader(sender, writer, "standby", machine.identity);
       memory.arm(); // before the first copy: no write is lost
       for (;;) {
         ctx.throwIfAborted();

@@ -6,13 +6,13 @@
 import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import { ErrorCode, TandemError } from "../errors.ts";
 import type { Machine } from "../machine/machine.ts";
-import { PAGE_SIZE } from "../memory/guest-memory.ts";
 import { startOperation, type OpHandle } from "../ops/operation.ts";
 import { PageDeltaCodec } from "../protocol/page-delta.ts";
 import { StreamReader } from "../protocol/stream/reader.ts";
 import { StreamWriter } from "../protocol/stream/writer.ts";
-import { applyCheckpoint, checkLayout } from "./apply-checkpoint.ts";
+import { applyCheckpoint } from "./apply-checkpoint.ts";
 import { captureAllMemory, captureWholeDisks } from "./capture.ts";
+import { checkStreamGuest, streamHeaderFor } from "./stream-guest.ts";
 
 /** What a save wrote. */
 export interface SaveResult {
@@ -31,7 +31,7 @@ export interface SaveResult {
 export function save(machine: Machine, path: string, options: { stop?: boolean; signal?: AbortSignal } = {}): OpHandle<SaveResult> {
   return startOperation("save", async (ctx) => {
     const wasRunning = machine.running;
-    const writer = new StreamWriter({ pageSize: PAGE_SIZE, regions: machine.memory.map((m) => ({ size: m.size })) });
+    const writer = new StreamWriter(streamHeaderFor(machine));
     const started = performance.now();
     await machine.pause();
     let captured: { pages: number; zeroPages: number };
@@ -80,7 +80,7 @@ export function restore(machine: Machine, path: string, options: { resume?: bool
     if (records[records.length - 1]?.type !== "end") {
       throw new TandemError(ErrorCode.StreamFormat, `${path} does not end with END: it is cut short, or not a saved image`);
     }
-    checkLayout(reader.header!, machine);
+    checkStreamGuest(reader.header!, machine, "image", "machine");
     await machine.pause();
     const applied = applyCheckpoint(machine, records.slice(0, -1), new PageDeltaCodec());
     if (!applied.devices) throw new TandemError(ErrorCode.StreamFormat, `${path} holds no device state`);

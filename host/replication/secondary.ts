@@ -11,8 +11,9 @@ import { PageDeltaCodec } from "../protocol/page-delta.ts";
 import { TransactionReceiver, type ReceiverOptions } from "../protocol/receiver.ts";
 import { StreamReader } from "../protocol/stream/reader.ts";
 import type { Transport } from "../protocol/transport.ts";
-import { applyCheckpoint, checkLayout, type AppliedCheckpoint } from "./apply-checkpoint.ts";
+import { applyCheckpoint, type AppliedCheckpoint } from "./apply-checkpoint.ts";
 import type { ReleasedOutput } from "./primary.ts";
+import { checkStreamGuest } from "./stream-guest.ts";
 
 /** Receiver errors that mean the connection broke (the primary died), not that it misbehaved. */
 const TAKEOVER_CODES: ReadonlySet<string> = new Set([
@@ -58,7 +59,9 @@ export interface StandbyResult {
 /**
  * Stands by with `machine` (configured like the primary's) at the end of `transport`. Resolves
  * on a takeover (the machine then runs, unless `resume: false`) or when the primary stands it
- * down; rejects E_PEER_LOST if the primary was lost before a first checkpoint, E_ABORTED if
+ * down; rejects E_GUEST_MISMATCH (naming what differs) or E_STREAM_FORMAT (another memory
+ * layout) at connect if the primary's guest is not this machine's, having applied nothing;
+ * E_PEER_LOST if the primary was lost before a first checkpoint, E_ABORTED if
  * cancelled.
  */
 export function standby(machine: Machine, transport: Transport, options: StandbyOptions = {}): OpHandle<StandbyResult> {
@@ -93,9 +96,24 @@ export function standby(machine: Machine, transport: Transport, options: Standby
       }
     }, Math.max(1, heartbeatMs / 4));
     let broken: TandemError | undefined;
+    // The first transaction is the stream header alone: a guest this machine is not is refused
+    // (NACK) before anything is applied, and the standby stops with the reason.
+    let guestChecked = false;
+    let refused: unknown;
 
     const receiver = new TransactionReceiver(transport, (txn) => {
       const records = reader.read(txn.bytes());
+      if (!guestChecked) {
+        try {
+          checkStreamGuest(reader.header!, machine, "primary", "standby");
+        } catch (error) {
+          refused = error;
+          setTimeout(() => lost("closed"), 0); // after the NACK has gone out
+          throw error;
+        }
+        guestChecked = true;
+      }
+      if (records.length === 0) return; // the header alone
       if (records.length === 1 && records[0].type === "end") {
         stoppedOnPurpose = true;
         setTimeout(() => lost("closed"), 0); // after the ACK has gone out
@@ -108,7 +126,6 @@ export function standby(machine: Machine, transport: Transport, options: Standby
           lost("handover");
         });
       }
-      checkLayout(reader.header!, machine);
       const end = records[records.length - 1];
       if (end?.type === "checkpoint-end" && end.generation < generation) {
         throw new TandemError(ErrorCode.Failed, `checkpoint of generation ${end.generation}; this standby is fenced at ${generation}`);
@@ -140,6 +157,7 @@ export function standby(machine: Machine, transport: Transport, options: Standby
       hangUp();
     }
     ctx.throwIfAborted();
+    if (refused) throw refused;
     if (stoppedOnPurpose) {
       // Stood down: the machine stays paused, but holds the last checkpoint whole, devices too.
       if (devices) machine.restoreDevices(devices);

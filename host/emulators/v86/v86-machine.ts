@@ -22,10 +22,12 @@ import { ErrorCode, TandemError } from "../../errors.ts";
 import type { BitmapDirtyLog } from "../../memory/bitmap-dirty-log.ts";
 import { closeCompareHelper } from "../../memory/compare-helper.ts";
 import { GuestMemory } from "../../memory/guest-memory.ts";
+import type { GuestIdentity } from "../../machine/guest-identity.ts";
 import type { Machine, MachineDisk, MachineOutput } from "../../machine/machine.ts";
 import { MemoryDisk } from "../../machine/memory-disk.ts";
 import { MAX_WASM_PAGES, shareModuleMemory, type SharedMemoryModule } from "./shared-memory.ts";
 import { V86Disk } from "./v86-disk.ts";
+import { v86Identity } from "./v86-identity.ts";
 import { V86Nic } from "./v86-nic.ts";
 import { checkV86Internals, restoreDeviceState, saveDeviceState, shareJitCode, v86NetworkBus, v86Ram, type V86Core } from "./v86-internals.ts";
 
@@ -90,6 +92,8 @@ export class V86Machine implements Machine {
   readonly memory: readonly GuestMemory[];
   readonly dirtyLogs: readonly (BitmapDirtyLog | undefined)[] = [undefined];
   readonly disks: readonly MachineDisk[];
+  /** What the guest is built from (v86-identity.ts); a standby's must be the same. */
+  readonly identity: GuestIdentity;
   /** The emulator, for anything tandem does not cover (screen, keyboard, more listeners). */
   readonly emulator: V86;
   /** The first network card, bridged to outputs and inputs when created with `network: true`. */
@@ -101,8 +105,9 @@ export class V86Machine implements Machine {
   #output: (output: MachineOutput) => void = () => {};
   #diskWrite: (disk: number, offset: number, data: Uint8Array) => void = () => {};
 
-  private constructor(emulator: V86, core: V86Core, disk: MachineDisk | null, network: boolean) {
+  private constructor(emulator: V86, core: V86Core, disk: MachineDisk | null, network: boolean, identity: GuestIdentity) {
     this.emulator = emulator;
+    this.identity = identity;
     this.#core = core;
     const ram = v86Ram(core);
     this.memory = [new GuestMemory(ram.memory, { offset: ram.offset, size: ram.size })];
@@ -122,9 +127,10 @@ export class V86Machine implements Machine {
     // Guest writes reach the machine once it exists; none can happen before (the guest is stopped).
     let diskWritten: (offset: number, data: Uint8Array) => void = () => {};
     const shared = options.sharedMemory ?? typeof SharedArrayBuffer !== "undefined";
+    const kernel = options.multiboot ?? builtInGuest();
     const v86Options: V86Options = {
       wasm_path: v86WasmPath(),
-      multiboot: { buffer: (options.multiboot ?? builtInGuest()).slice().buffer },
+      multiboot: { buffer: kernel.slice().buffer },
       memory_size: memoryBytes,
       vga_memory_size: options.vgaMemoryBytes ?? 256 * 1024,
       autostart: false,
@@ -151,7 +157,8 @@ export class V86Machine implements Machine {
     const core = checkV86Internals(emulator);
     // Before the guest first runs, so that no code is ever compiled against the unshared declaration.
     if (shared) shareJitCode(core, (module) => shareModuleMemory(module).bytes);
-    const machine = new V86Machine(emulator, core, disk, options.network ?? false);
+    const identity = v86Identity({ ...options, memoryBytes, vgaMemoryBytes: v86Options.vga_memory_size!, multiboot: kernel, hda: disk });
+    const machine = new V86Machine(emulator, core, disk, options.network ?? false, identity);
     diskWritten = (offset, data) => machine.#diskWrite(0, offset, data);
     return machine;
   }

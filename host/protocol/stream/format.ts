@@ -14,8 +14,16 @@ export const H_MAGIC = 0; //  u8[8]
 export const H_VERSION = 8; // u32
 export const H_PAGE_SIZE = 12; // u32
 export const H_REGIONS = 16; // u32  number of region descriptors that follow
-export const H_FLAGS = 20; // u32  none defined; a reader refuses any set bit
+export const H_FLAGS = 20; // u32  HeaderFlag bits; a reader refuses any other
 export const HEADER_SIZE = 24;
+
+/** Header flags. A stream without them (all written before identities) reads as before. */
+export const HeaderFlag = {
+  /** An identity section follows the region descriptors: what the guest was built from. */
+  Identity: 1,
+} as const;
+/** Every flag this tandem knows. */
+export const KNOWN_FLAGS = HeaderFlag.Identity;
 
 /** Region descriptor (one per guest memory region, in region-index order). */
 export const R_SIZE = 0; // u64  bytes, a multiple of the page size
@@ -24,6 +32,26 @@ export const R_RESERVED = 12; // u32 zero
 export const REGION_SIZE = 16;
 /** Regions a stream may describe. */
 export const MAX_REGIONS = 64;
+
+/**
+ * Identity section (host/machine/guest-identity.ts): a head, then `count` fields, each a field
+ * head, its name and value (UTF-8), zero-padded to 8. It sits right after the region descriptors.
+ */
+export const I_LENGTH = 0; // u32  bytes of the whole section, this head included; a multiple of 8
+export const I_COUNT = 4; // u32  fields that follow, 0 to MAX_IDENTITY_FIELDS
+export const IDENTITY_HEAD_SIZE = 8;
+/** Identity field head: offsets. */
+export const F_KIND = 0; // u8   IdentityKind
+export const F_RESERVED = 1; // u8  zero
+export const F_NAME_LENGTH = 2; // u16  1 to MAX_FIELD_NAME_BYTES
+export const F_VALUE_LENGTH = 4; // u32  0 to MAX_FIELD_VALUE_BYTES
+export const FIELD_HEAD_SIZE = 8;
+/** Bounds on a peer's identity: a real one has a dozen short fields (a command line is the longest). */
+export const MAX_IDENTITY_FIELDS = 64;
+export const MAX_FIELD_NAME_BYTES = 64;
+export const MAX_FIELD_VALUE_BYTES = 4096;
+/** Identity field kinds: shown as it is, or a content digest (SHA-256, hex). */
+export const IdentityKind = { value: 1, digest: 2 } as const;
 
 /** Record header: offsets. */
 export const REC_TYPE = 0; // u32
@@ -70,6 +98,15 @@ export interface StreamHeader {
   pageSize: number;
   /** Guest memory regions, by index: their sizes in bytes. */
   regions: readonly { size: number }[];
+  /** What the guest was built from (a GuestIdentity's fields); absent in streams without one. */
+  identity?: readonly StreamIdentityField[];
+}
+
+/** One field of the identity section. */
+export interface StreamIdentityField {
+  name: string;
+  kind: keyof typeof IdentityKind;
+  value: string;
 }
 
 /** A parsed record. Byte fields are views into the bytes given to the reader. */

@@ -7,9 +7,10 @@
 
 import { ErrorCode, TandemError } from "../../errors.ts";
 import {
-  HEADER_SIZE, H_FLAGS, H_MAGIC, H_PAGE_SIZE, H_REGIONS, H_VERSION, MAGIC, MAX_REGIONS, RECORD_ALIGN, RECORD_HEADER_SIZE,
-  RECORD_NAMES, REC_LENGTH, REC_TYPE, REGION_SIZE, RecordType, R_FLAGS, R_RESERVED, R_SIZE, VERSION, padTo,
-  type StreamHeader, type StreamRecord,
+  FIELD_HEAD_SIZE, F_KIND, F_NAME_LENGTH, F_RESERVED, F_VALUE_LENGTH, HEADER_SIZE, H_FLAGS, H_MAGIC, H_PAGE_SIZE, H_REGIONS,
+  H_VERSION, HeaderFlag, IDENTITY_HEAD_SIZE, I_COUNT, I_LENGTH, KNOWN_FLAGS, MAGIC, MAX_FIELD_NAME_BYTES, MAX_FIELD_VALUE_BYTES,
+  MAX_IDENTITY_FIELDS, MAX_REGIONS, RECORD_ALIGN, RECORD_HEADER_SIZE, RECORD_NAMES, REC_LENGTH, REC_TYPE, REGION_SIZE, RecordType,
+  R_FLAGS, R_RESERVED, R_SIZE, VERSION, padTo, type StreamHeader, type StreamIdentityField, type StreamRecord,
 } from "./format.ts";
 
 const DECODER = new TextDecoder("utf-8", { fatal: true });
@@ -60,7 +61,7 @@ export class StreamReader {
     const pageSize = view.getUint32(H_PAGE_SIZE, true);
     const count = view.getUint32(H_REGIONS, true);
     const flags = view.getUint32(H_FLAGS, true);
-    if (flags !== 0) throw new TandemError(ErrorCode.StreamVersion, `stream flags 0x${flags.toString(16)} are not ones this tandem knows`);
+    if ((flags & ~KNOWN_FLAGS) !== 0) throw new TandemError(ErrorCode.StreamVersion, `stream flags 0x${flags.toString(16)} are not ones this tandem knows`);
     if (pageSize === 0 || (pageSize & (pageSize - 1)) !== 0 || pageSize > 1 << 21) fail(`page size ${pageSize}`);
     if (count === 0 || count > MAX_REGIONS) fail(`${count} memory regions (1 to ${MAX_REGIONS} allowed)`);
     const end = HEADER_SIZE + count * REGION_SIZE;
@@ -73,8 +74,13 @@ export class StreamReader {
       if (size === 0 || size % pageSize !== 0 || size / pageSize > 2 ** 32) fail(`region ${i} of ${size} bytes`);
       regions.push({ size });
     }
-    this.#header = { pageSize, regions };
-    return end;
+    if ((flags & HeaderFlag.Identity) === 0) {
+      this.#header = { pageSize, regions };
+      return end;
+    }
+    const { identity, end: identityEnd } = readIdentity(bytes, view, end);
+    this.#header = { pageSize, regions, identity };
+    return identityEnd;
   }
 
   #record(type: number, body: Uint8Array, view: DataView): StreamRecord {
@@ -197,6 +203,47 @@ export class StreamReader {
     }
     return pfns;
   }
+}
+
+/** The identity section at `start` (docs/checkpoint-stream.md), every length checked against the bytes. */
+function readIdentity(bytes: Uint8Array, view: DataView, start: number): { identity: StreamIdentityField[]; end: number } {
+  if (bytes.length - start < IDENTITY_HEAD_SIZE) fail(`the header announces an identity section but the stream ends at byte ${bytes.length}`);
+  const length = view.getUint32(start + I_LENGTH, true);
+  const count = view.getUint32(start + I_COUNT, true);
+  if (count > MAX_IDENTITY_FIELDS) fail(`an identity of ${count} fields (at most ${MAX_IDENTITY_FIELDS})`);
+  if (length < IDENTITY_HEAD_SIZE || length % 8 !== 0 || length > bytes.length - start) fail(`an identity section of ${length} bytes at byte ${start} (the stream ends at ${bytes.length})`);
+  const end = start + length;
+  const identity: StreamIdentityField[] = [];
+  const names = new Set<string>();
+  let at = start + IDENTITY_HEAD_SIZE;
+  for (let i = 0; i < count; i++) {
+    if (end - at < FIELD_HEAD_SIZE) fail(`identity field ${i} of ${count} runs past its section`);
+    const kind = view.getUint8(at + F_KIND);
+    const nameLength = view.getUint16(at + F_NAME_LENGTH, true);
+    const valueLength = view.getUint32(at + F_VALUE_LENGTH, true);
+    if (view.getUint8(at + F_RESERVED) !== 0) fail(`identity field ${i}: the reserved byte is not zero`);
+    if (kind !== 1 && kind !== 2) fail(`identity field ${i} has kind ${kind} (1 value, 2 digest)`);
+    if (nameLength === 0 || nameLength > MAX_FIELD_NAME_BYTES) fail(`identity field ${i} has a name of ${nameLength} bytes (1 to ${MAX_FIELD_NAME_BYTES})`);
+    if (valueLength > MAX_FIELD_VALUE_BYTES) fail(`identity field ${i} has a value of ${valueLength} bytes (at most ${MAX_FIELD_VALUE_BYTES})`);
+    const text = at + FIELD_HEAD_SIZE;
+    const next = text + padTo(nameLength + valueLength, 8);
+    if (next > end) fail(`identity field ${i} runs past its section`);
+    zeros(bytes, text + nameLength + valueLength, next, `identity field ${i} padding`);
+    let name: string;
+    let value: string;
+    try {
+      name = DECODER.decode(bytes.subarray(text, text + nameLength));
+      value = DECODER.decode(bytes.subarray(text + nameLength, text + nameLength + valueLength));
+    } catch {
+      fail(`identity field ${i} is not UTF-8`);
+    }
+    if (names.has(name)) fail(`identity field "${name}" appears twice`);
+    names.add(name);
+    identity.push({ name, kind: kind === 1 ? "value" : "digest", value });
+    at = next;
+  }
+  if (at !== end) fail(`${end - at} bytes after the last of ${count} identity fields`);
+  return { identity, end };
 }
 
 function fail(message: string): never {

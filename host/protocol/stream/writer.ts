@@ -2,8 +2,10 @@
 
 import { ErrorCode, TandemError } from "../../errors.ts";
 import {
-  HEADER_SIZE, H_FLAGS, H_MAGIC, H_PAGE_SIZE, H_REGIONS, H_VERSION, MAGIC, MAX_REGIONS, RECORD_ALIGN, RECORD_HEADER_SIZE,
-  REC_LENGTH, REC_TYPE, REGION_SIZE, RecordType, R_FLAGS, R_RESERVED, R_SIZE, VERSION, padTo, type StreamHeader,
+  FIELD_HEAD_SIZE, F_KIND, F_NAME_LENGTH, F_RESERVED, F_VALUE_LENGTH, HEADER_SIZE, H_FLAGS, H_MAGIC, H_PAGE_SIZE, H_REGIONS,
+  H_VERSION, HeaderFlag, IDENTITY_HEAD_SIZE, I_COUNT, I_LENGTH, IdentityKind, MAGIC, MAX_FIELD_NAME_BYTES, MAX_FIELD_VALUE_BYTES,
+  MAX_IDENTITY_FIELDS, MAX_REGIONS, RECORD_ALIGN, RECORD_HEADER_SIZE, REC_LENGTH, REC_TYPE, REGION_SIZE, RecordType, R_FLAGS,
+  R_RESERVED, R_SIZE, VERSION, padTo, type StreamHeader,
 } from "./format.ts";
 
 const ENCODER = new TextEncoder();
@@ -11,6 +13,8 @@ const ENCODER = new TextEncoder();
 /** Builds stream bytes: the header once, then records; `take()` hands over what was written. */
 export class StreamWriter {
   readonly #header: StreamHeader;
+  /** The identity section's fields, encoded (name, value), when the header has one. */
+  #identity: { name: Uint8Array; value: Uint8Array; kind: number }[] | undefined;
   #bytes = new Uint8Array(64 * 1024);
   #view = new DataView(this.#bytes.buffer);
   #length = 0;
@@ -29,6 +33,10 @@ export class StreamWriter {
       }
     }
     this.#header = { pageSize, regions: regions.map((r) => ({ size: r.size })) };
+    if (header.identity) {
+      this.#identity = encodeIdentity(header.identity);
+      this.#header.identity = header.identity.map((f) => ({ ...f }));
+    }
   }
 
   /** Bytes written and not yet taken. */
@@ -36,7 +44,7 @@ export class StreamWriter {
     return this.#length;
   }
 
-  /** The stream header: magic, version, page size, the guest's memory regions. */
+  /** The stream header: magic, version, page size, the guest's memory regions, its identity if any. */
   writeHeader(): void {
     const { pageSize, regions } = this.#header;
     const at = this.#reserve(HEADER_SIZE + regions.length * REGION_SIZE);
@@ -44,13 +52,32 @@ export class StreamWriter {
     this.#view.setUint32(at + H_VERSION, VERSION, true);
     this.#view.setUint32(at + H_PAGE_SIZE, pageSize, true);
     this.#view.setUint32(at + H_REGIONS, regions.length, true);
-    this.#view.setUint32(at + H_FLAGS, 0, true);
+    this.#view.setUint32(at + H_FLAGS, this.#identity ? HeaderFlag.Identity : 0, true);
     regions.forEach((r, i) => {
       const d = at + HEADER_SIZE + i * REGION_SIZE;
       this.#u64(d + R_SIZE, r.size);
       this.#view.setUint32(d + R_FLAGS, 0, true);
       this.#view.setUint32(d + R_RESERVED, 0, true);
     });
+    if (this.#identity) this.#writeIdentity(this.#identity);
+  }
+
+  #writeIdentity(fields: readonly { name: Uint8Array; value: Uint8Array; kind: number }[]): void {
+    const length = fields.reduce((n, f) => n + FIELD_HEAD_SIZE + padTo(f.name.length + f.value.length, 8), IDENTITY_HEAD_SIZE);
+    const start = this.#reserve(length);
+    this.#bytes.fill(0, start, start + length);
+    this.#view.setUint32(start + I_LENGTH, length, true);
+    this.#view.setUint32(start + I_COUNT, fields.length, true);
+    let at = start + IDENTITY_HEAD_SIZE;
+    for (const { name, value, kind } of fields) {
+      this.#view.setUint8(at + F_KIND, kind);
+      this.#view.setUint8(at + F_RESERVED, 0);
+      this.#view.setUint16(at + F_NAME_LENGTH, name.length, true);
+      this.#view.setUint32(at + F_VALUE_LENGTH, value.length, true);
+      this.#bytes.set(name, at + FIELD_HEAD_SIZE);
+      this.#bytes.set(value, at + FIELD_HEAD_SIZE + name.length);
+      at += FIELD_HEAD_SIZE + padTo(name.length + value.length, 8);
+    }
   }
 
   /** Full pages: `page(pfn)` gives each page's bytes. */
@@ -212,4 +239,17 @@ export class StreamWriter {
       if (!Number.isInteger(pfn) || pfn < 0 || pfn >= pages) throw new TandemError(ErrorCode.OutOfRange, `page ${pfn} is not in region ${region} (${pages} pages)`);
     }
   }
+}
+
+/** Checks an identity against the section's limits and encodes its names and values. */
+function encodeIdentity(fields: StreamHeader["identity"] & object): { name: Uint8Array; value: Uint8Array; kind: number }[] {
+  if (fields.length > MAX_IDENTITY_FIELDS) throw new TandemError(ErrorCode.BadArgument, `${fields.length} identity fields; the stream takes ${MAX_IDENTITY_FIELDS}`);
+  return fields.map((f) => {
+    const name = ENCODER.encode(f.name);
+    const value = ENCODER.encode(f.value);
+    if (name.length === 0 || name.length > MAX_FIELD_NAME_BYTES) throw new TandemError(ErrorCode.BadArgument, `identity field name "${f.name}": 1 to ${MAX_FIELD_NAME_BYTES} bytes`);
+    if (value.length > MAX_FIELD_VALUE_BYTES) throw new TandemError(ErrorCode.BadArgument, `identity field "${f.name}" has ${value.length} bytes; the stream takes ${MAX_FIELD_VALUE_BYTES}`);
+    if (!(f.kind in IdentityKind)) throw new TandemError(ErrorCode.BadArgument, `identity field "${f.name}" has kind ${String(f.kind)}`);
+    return { name, value, kind: IdentityKind[f.kind] };
+  });
 }
