@@ -1,94 +1,101 @@
-/** The `tandem` command line: parses arguments and dispatches to a command. */
+/**
+ * The `tandem` command line: finds the subcommand and runs it. Each subcommand declares its
+ * options as a table (options.ts), which gives it its parser and its `--help`. Errors end here:
+ * a usage error (E_BAD_ARGUMENT) prints its message and a pointer to the help, exit status 2;
+ * any other error prints its message, exit status 1. No stack trace, unless TANDEM_DEBUG=1 or
+ * the error is not one tandem or the system raised on purpose (a bug, worth its stack).
+ */
 
+import { ErrorCode, TandemError } from "../errors.ts";
 import { VERSION } from "../wasm/embedded.generated.ts";
 import { demoCommand } from "./demo.ts";
 import { IMG_USAGE, imgCommand } from "./img-command.ts";
+import { defineCommand, flag, usageLine, type Command } from "./options.ts";
+import type { Output } from "./output.ts";
 import { migrateCommand, primaryCommand, restoreCommand, saveCommand, secondaryCommand } from "./replication-commands.ts";
 import { formatSelftest, selftest } from "./selftest.ts";
-import { SERVE_USAGE, serveCommand } from "./serve-command.ts";
+import { serveCommand } from "./serve-command.ts";
 import { xenstoredCommand } from "./xenstored-command.ts";
 
-/** Where a command writes: stdout and stderr lines. */
-export interface Output {
-  out(line: string): void;
-  err(line: string): void;
-}
+/** `tandem selftest`. */
+const selftestCommand = defineCommand({
+  name: "selftest",
+  summary: "Load every kernel flavor, check each on known answers, and report which is in use and\nwhether SIMD is.",
+  options: { json: flag("print the report as JSON") },
+}, ({ values }, io) => {
+  const report = selftest();
+  io.out(values.json ? JSON.stringify(report) : formatSelftest(report));
+  return report.ok ? 0 : 1;
+});
+
+/** Every subcommand but `img` (which has subcommands of its own), in the order help lists them. */
+export const COMMANDS: readonly Command[] = [
+  demoCommand, primaryCommand, secondaryCommand, migrateCommand, saveCommand, restoreCommand,
+  serveCommand, xenstoredCommand, selftestCommand,
+];
 
 /** The help text. */
 export const USAGE = `tandem ${VERSION}: fault tolerance and live migration for emulator guests
 
 Usage:
-  tandem demo [options]      the main job: replicate the built-in guest to a standby, kill -9
-                             the primary, watch the standby take over with no gap in its output
-      --interval MS  checkpoint every MS (50)      --duration S  run for S seconds (6)
-      --kill-after S kill the primary S seconds after its first checkpoint (3)
-      --no-kill      stop the primary cleanly
-      --verify-state compare the standby with the primary's checkpoint, byte for byte (by hash)
-      --json         print one JSON summary
-  tandem primary --connect ADDR [--interval MS] [--compress] [guest options] [--json]
-  tandem secondary --listen ADDR [--heartbeat MS] [guest options] [--json]
-                             replicate the built-in guest between two processes
-                             (ADDR: PORT, HOST:PORT or a Unix socket path)
-  tandem migrate --connect ADDR [--run S] [--max-downtime MS] [guest options] [--json]
-                             run the built-in guest S seconds (its output then not shown),
-                             then migrate it live to a \`tandem secondary --listen ADDR\`
-  tandem save FILE [--run S] [guest options] [--json]
-  tandem restore FILE [--run S] [guest options] [--json]
-                             save the built-in guest after S seconds; restore it and run on
-  Guest options (both sides of a pair, or a save and its restore, need the same):
-      --guest v86|reference  the built-in guest in the v86 PC emulator (default), or the
-                             reference machine written in TypeScript (no emulator)
-      --memory MIB   guest RAM (32)                --hz N  v86 guest ticks per second (20)
-      --dirty F      fraction of RAM pages written per tick (0.001)
+${COMMANDS.map((c) => `  ${usageLine(c.spec)}\n${indent(c.spec.summary)}`).join("\n")}
 ${IMG_USAGE}
-${SERVE_USAGE}
-  tandem xenstored --socket PATH
-                             serve a xenstore on the Unix socket PATH (xs_wire protocol), for
-                             Xen's xenstore-utils (XENSTORED_PATH=PATH) and frontends; runs
-                             until SIGINT/SIGTERM, then removes the socket
-  tandem selftest [--json]   load every kernel flavor, check each on known answers,
-                             report which is in use and whether SIMD is
-  tandem --version           print the version
-  tandem --help              print this help
+  tandem --version
+      print the version
+  tandem --help
+      print this help
+
+Run 'tandem COMMAND --help' for a command's options and their defaults.
 
 Environment:
-  TANDEM_KERNELS=simd|scalar|ts   force a kernel flavor (default: simd where supported)`;
+  TANDEM_KERNELS=simd|scalar|ts   force a kernel flavor (default: simd where supported)
+  TANDEM_DEBUG=1                  print stack traces with errors`;
 
-/** Runs the CLI on `args`; returns the exit code (0 ok, 1 failure, 2 usage error). */
+function indent(text: string): string {
+  return text.split("\n").map((line) => `      ${line}`).join("\n");
+}
+
+/** Runs the CLI on `args`; returns the exit code (0 ok, 1 failure, 2 usage error). Never throws a TandemError. */
 export function runCli(args: readonly string[], io: Output): number | Promise<number> {
-  const [command, ...rest] = args;
-  if (command === undefined) {
+  const [name, ...rest] = args;
+  if (name === undefined) {
     io.err(USAGE);
     return 2;
   }
-  if (command === "--help" || command === "-h" || command === "help") {
+  if (name === "--help" || name === "-h" || name === "help") {
     io.out(USAGE);
     return 0;
   }
-  if (command === "--version" || command === "-V") {
+  if (name === "--version" || name === "-V") {
     io.out(VERSION);
     return 0;
   }
-  if (command === "selftest") {
-    const unknown = rest.filter((a) => a !== "--json");
-    if (unknown.length > 0) return usageError(io, `selftest: unknown option '${unknown[0]}'`);
-    const report = selftest();
-    io.out(rest.includes("--json") ? JSON.stringify(report) : formatSelftest(report));
-    return report.ok ? 0 : 1;
+  if (name === "img") return imgCommand(rest, io);
+  const command = COMMANDS.find((c) => c.spec.name === name);
+  if (command === undefined) return reportError(new TandemError(ErrorCode.BadArgument, `unknown command '${name}'`), io, undefined);
+  try {
+    const result = command.run(rest, io);
+    return typeof result === "number" ? result : result.catch((error: unknown) => reportError(error, io, name));
+  } catch (error) {
+    return reportError(error, io, name);
   }
-  if (command === "demo") return demoCommand(rest, io);
-  if (command === "primary") return primaryCommand(rest, io);
-  if (command === "secondary") return secondaryCommand(rest, io);
-  if (command === "migrate") return migrateCommand(rest, io);
-  if (command === "save") return saveCommand(rest, io);
-  if (command === "restore") return restoreCommand(rest, io);
-  if (command === "xenstored") return xenstoredCommand(rest, io);
-  if (command === "img") return imgCommand(rest, io);
-  if (command === "serve") return serveCommand(rest, io);
-  return usageError(io, `unknown command '${command}'`);
 }
 
-function usageError(io: Output, message: string): number {
-  io.err(`tandem: ${message}\nRun 'tandem --help' for usage.`);
-  return 2;
+/** Prints `error` as the CLI reports errors; returns the exit code. */
+export function reportError(error: unknown, io: Output, command: string | undefined): number {
+  const debug = process.env.TANDEM_DEBUG === "1";
+  if (error instanceof TandemError) {
+    const usage = error.code === ErrorCode.BadArgument;
+    const help = usage ? `\nRun 'tandem ${command === undefined ? "" : `${command} `}--help' for usage.` : "";
+    io.err(`tandem: ${error.message}${help}${debug ? `\n${error.stack}` : ""}`);
+    return usage ? 2 : 1;
+  }
+  // The system's errors (ECONNREFUSED, ENOENT...) carry a code and a message that says enough.
+  const systemError = error instanceof Error && typeof (error as { code?: unknown }).code === "string";
+  if (systemError && !debug) {
+    io.err(`tandem: ${error.message}`);
+    return 1;
+  }
+  io.err(`tandem: ${error instanceof Error ? error.stack ?? error.message : String(error)}`);
+  return 1;
 }

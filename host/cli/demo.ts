@@ -11,15 +11,15 @@
 
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { parseArgs } from "node:util";
 import { ErrorCode, TandemError } from "../errors.ts";
 import { disksDigest, stateDigest } from "../machine/state-digest.ts";
 import { listen, type SocketTransport } from "../protocol/socket-transport.ts";
 import type { ReleasedOutput } from "../replication/primary.ts";
 import { standby, type StandbyResult } from "../replication/secondary.ts";
 import { selfCommand } from "../runtime/self-command.ts";
-import type { Output } from "./commands.ts";
 import { CounterLog, GUEST_OPTIONS, guestFrom } from "./guests.ts";
+import { defineCommand, flag, number, type OptionValues } from "./options.ts";
+import type { Output } from "./output.ts";
 
 /** The demo's verdict. */
 export interface DemoSummary {
@@ -58,22 +58,28 @@ export interface DemoSummary {
   ok: boolean;
 }
 
-export async function demoCommand(args: readonly string[], io: Output): Promise<number> {
-  const { values } = parseArgs({
-    args: [...args],
-    options: {
-      ...GUEST_OPTIONS,
-      interval: { type: "string", default: "50" },
-      duration: { type: "string", default: "6" },
-      "kill-after": { type: "string", default: "3" },
-      "no-kill": { type: "boolean", default: false },
-      "verify-state": { type: "boolean", default: false },
-    },
-  });
-  const duration = Number(values.duration) * 1000;
-  const killAfter = Number(values["kill-after"]) * 1000;
-  if (!(duration > 0) || !(killAfter > 0) || killAfter >= duration) {
-    throw new TandemError(ErrorCode.BadArgument, `--kill-after ${values["kill-after"]} must be below --duration ${values.duration} (seconds)`);
+const DEMO_OPTIONS = {
+  interval: number("MS", "take a checkpoint every MS milliseconds", { above: 0, max: 60_000, default: 50, unit: "milliseconds" }),
+  duration: number("S", "run for S seconds", { above: 0, max: 86_400, default: 6, unit: "seconds" }),
+  "kill-after": number("S", "kill the primary S seconds after its first checkpoint", { above: 0, max: 86_400, default: 3, unit: "seconds" }),
+  "no-kill": flag("stop the primary cleanly instead"),
+  "verify-state": flag("compare the standby with the primary's checkpoint, byte for byte (by hash)"),
+  ...GUEST_OPTIONS,
+};
+type DemoValues = OptionValues<typeof DEMO_OPTIONS>;
+
+/** `tandem demo`: see the top of this file. */
+export const demoCommand = defineCommand({
+  name: "demo",
+  summary: "The main job: replicate the built-in guest to a standby, kill -9 the primary, and watch\nthe standby take over with no gap in its output.",
+  options: DEMO_OPTIONS,
+}, ({ values }, io) => runDemo(values, io));
+
+async function runDemo(values: DemoValues, io: Output): Promise<number> {
+  const duration = values.duration * 1000;
+  const killAfter = values["kill-after"] * 1000;
+  if (killAfter >= duration) {
+    throw new TandemError(ErrorCode.BadArgument, `demo: --kill-after ${values["kill-after"]} must be below --duration ${values.duration} (seconds)`);
   }
   const tty = process.stderr.isTTY === true && !values.json;
   const status = (line: string) => {
@@ -104,7 +110,7 @@ export async function demoCommand(args: readonly string[], io: Output): Promise<
   // The primary, in its own process.
   const script = fileURLToPath(new URL(import.meta.url.endsWith(".ts") ? "./main.ts" : "./main.js", import.meta.url));
   const [command, ...rest] = selfCommand(script, [
-    "primary", "--connect", `127.0.0.1:${port}`, "--json", "--interval", values.interval, ...guest.args,
+    "primary", "--connect", `127.0.0.1:${port}`, "--json", "--interval", String(values.interval), ...guest.args,
     ...(values["verify-state"] ? ["--digests"] : ["--disk-digests"]),
   ]);
   const child = spawn(command, rest, { stdio: ["ignore", "pipe", "inherit"] });

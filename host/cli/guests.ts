@@ -10,23 +10,22 @@ import { ErrorCode, TandemError } from "../errors.ts";
 import type { Machine } from "../machine/machine.ts";
 import { MemoryDisk } from "../machine/memory-disk.ts";
 import { ReferenceMachine } from "../machine/reference-machine.ts";
+import { choice, flag, number, type OptionValues } from "./options.ts";
+
+/** The guests the CLI builds. */
+const GUEST_NAMES = ["v86", "reference"] as const;
 
 /** Options every command that builds a guest takes; both sides of a pair must use the same. */
 export const GUEST_OPTIONS = {
-  guest: { type: "string", default: "v86" },
-  memory: { type: "string", default: "32" },
-  dirty: { type: "string", default: "0.001" },
-  hz: { type: "string", default: "20" },
-  json: { type: "boolean", default: false },
+  guest: choice("NAME", "v86: the built-in guest in the v86 PC emulator;\nreference: the reference machine in TypeScript (no emulator)", GUEST_NAMES, { default: "v86" }),
+  memory: number("MIB", "guest RAM in MiB", { integer: true, min: 4, max: 1920, default: 32 }),
+  dirty: number("F", "fraction of RAM pages the guest writes per tick", { min: 0, max: 1, default: 0.001 }),
+  hz: number("N", "v86 guest ticks per second", { integer: true, min: 1, max: 1000, default: 20 }),
+  json: flag("print JSON, one object a line"),
 } as const;
 
-/** The values of {@link GUEST_OPTIONS}. */
-export interface GuestValues {
-  guest: string;
-  memory: string;
-  dirty: string;
-  hz: string;
-}
+/** The values of {@link GUEST_OPTIONS} that build the guest. */
+export type GuestValues = Pick<OptionValues<typeof GUEST_OPTIONS>, "guest" | "memory" | "dirty" | "hz">;
 
 /** A machine the CLI built, and how to let it go. */
 export interface CliGuest {
@@ -44,13 +43,8 @@ export interface CliGuest {
  * (the reference machine ticks every millisecond, the v86 guest --hz times a second).
  */
 export async function guestFrom(values: GuestValues): Promise<CliGuest> {
-  const mib = Number(values.memory);
-  const dirty = Number(values.dirty);
-  const hz = Number(values.hz);
-  if (!Number.isInteger(mib) || mib < 4 || mib > 1920) throw new TandemError(ErrorCode.BadArgument, `--memory ${values.memory}: MiB from 4 to 1920`);
-  if (!(dirty >= 0 && dirty <= 1)) throw new TandemError(ErrorCode.BadArgument, `--dirty ${values.dirty}: a fraction of pages per tick, 0 to 1`);
-  if (!Number.isInteger(hz) || hz < 1 || hz > 1000) throw new TandemError(ErrorCode.BadArgument, `--hz ${values.hz}: ticks per second, 1 to 1000`);
-  const args = ["--guest", values.guest, "--memory", values.memory, "--dirty", values.dirty, "--hz", values.hz];
+  const { memory: mib, dirty, hz } = values;
+  const args = ["--guest", values.guest, "--memory", String(mib), "--dirty", String(dirty), "--hz", String(hz)];
   const pages = (mib << 20) / 4096;
   const dirtyPages = Math.round(pages * dirty);
   if (values.guest === "reference") {

@@ -1,15 +1,13 @@
 #!/usr/bin/env node
-/** The `tandem` executable: runs the CLI on this process's arguments. */
+/** The `tandem` executable: runs the CLI on this process's arguments and exits with its code. */
 
-import { TandemError } from "../errors.ts";
-import { runCli } from "./commands.ts";
+import { reportError, runCli } from "./commands.ts";
 
+const io = { out: (line: string) => console.log(line), err: (line: string) => console.error(line) };
+let code: number;
 try {
-  process.exitCode = await runCli(process.argv.slice(2), {
-    out: (line) => console.log(line),
-    err: (line) => console.error(line),
-  });
+  code = await runCli(process.argv.slice(2), io);
 } catch (error) {
-  console.error(error instanceof TandemError ? `tandem: ${error.message}` : error);
-  process.exitCode = error instanceof TandemError && error.code === "E_BAD_ARGUMENT" ? 2 : 1;
+  code = reportError(error, io, undefined);
 }
+process.exitCode = code;

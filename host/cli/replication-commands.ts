@@ -5,7 +5,6 @@
  * serial output goes to stdout and a status line to a terminal's stderr.
  */
 
-import { parseArgs } from "node:util";
 import { ErrorCode, TandemError } from "../errors.ts";
 import { disksDigest, stateDigest } from "../machine/state-digest.ts";
 import type { Machine } from "../machine/machine.ts";
@@ -14,17 +13,13 @@ import { migrate } from "../replication/migrate.ts";
 import { replicate, type ReleasedOutput } from "../replication/primary.ts";
 import { restore, save } from "../replication/save-restore.ts";
 import { standby } from "../replication/secondary.ts";
-import type { Output } from "./commands.ts";
+import { addressOption, formatAddress } from "./address.ts";
 import { CounterLog, GUEST_OPTIONS, guestFrom } from "./guests.ts";
+import { defineCommand, flag, number, required } from "./options.ts";
+import type { Output } from "./output.ts";
 
-/** "PORT", "HOST:PORT" or a socket path (anything with a slash). */
-export function parseAddress(text: string): SocketAddress {
-  if (text.includes("/")) return { path: text };
-  const [host, port] = text.includes(":") ? text.split(":") : ["127.0.0.1", text];
-  const n = Number(port);
-  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new TandemError(ErrorCode.BadArgument, `'${text}' is not a port, host:port or socket path`);
-  return { host, port: n };
-}
+/** --run S: seconds the guest runs before the command acts on it. */
+const RUN = number("S", "run the guest S seconds first", { min: 0, max: 86400, default: 1, unit: "seconds" });
 
 /** A status line on a terminal's stderr (nothing otherwise), redrawn in place. */
 function statusLine(): (line: string) => void {
@@ -35,11 +30,9 @@ function statusLine(): (line: string) => void {
 }
 
 /** Seconds of running the guest before acting on it (--run S). */
-function runFor(machine: Machine, seconds: string): Promise<void> {
-  const ms = Number(seconds) * 1000;
-  if (!(ms >= 0)) throw new TandemError(ErrorCode.BadArgument, `--run ${seconds}: seconds, 0 or more`);
+function runFor(machine: Machine, seconds: number): Promise<void> {
   machine.resume();
-  return new Promise((resolve) => setTimeout(resolve, ms));
+  return new Promise((resolve) => setTimeout(resolve, seconds * 1000));
 }
 
 function printer(io: Output, json: boolean) {
@@ -49,125 +42,175 @@ function printer(io: Output, json: boolean) {
   };
 }
 
-/** Runs until interrupted (SIGINT/SIGTERM) or the other side is lost. */
-export async function primaryCommand(args: readonly string[], io: Output): Promise<number> {
-  const { values } = parseArgs({
-    args: [...args],
-    options: {
-      ...GUEST_OPTIONS, connect: { type: "string" }, interval: { type: "string", default: "25" }, compress: { type: "boolean", default: false },
-      digests: { type: "boolean", default: false }, "disk-digests": { type: "boolean", default: false },
-    },
-  });
-  if (!values.connect) throw new TandemError(ErrorCode.BadArgument, "primary needs --connect PORT|HOST:PORT|PATH (where `tandem secondary --listen` runs)");
+/** Connects to the secondary at `address`; a refusal becomes an error that says what to start. */
+async function connectToSecondary(address: SocketAddress): Promise<SocketTransport> {
+  try {
+    return await connect(address);
+  } catch (error) {
+    const why = error instanceof Error ? error.message : String(error);
+    throw new TandemError(ErrorCode.PeerLost, `cannot connect to ${formatAddress(address)} (${why}): is \`tandem secondary --listen ${formatAddress(address)}\` running?`);
+  }
+}
+
+const CONNECT = addressOption("where `tandem secondary --listen` runs");
+
+/** `tandem primary`: runs until interrupted (SIGINT/SIGTERM) or the other side is lost. */
+export const primaryCommand = defineCommand({
+  name: "primary",
+  summary: "Run the built-in guest and replicate it continuously to a `tandem secondary`, which takes\nover if this process dies. The guest's output is released once the standby holds it.",
+  options: {
+    connect: required(CONNECT),
+    interval: number("MS", "take a checkpoint every MS milliseconds", { above: 0, max: 60_000, default: 25, unit: "milliseconds" }),
+    compress: flag("compress the pages of each checkpoint"),
+    digests: flag("with --json, print a digest of the whole state at each checkpoint"),
+    "disk-digests": flag("with --json, print a digest of the disks at each checkpoint"),
+    ...GUEST_OPTIONS,
+  },
+}, async ({ values }, io) => {
   const guest = await guestFrom(values);
   const machine = guest.machine;
-  const transport = await connect(parseAddress(values.connect));
-  const controller = new AbortController();
-  const stop = () => controller.abort("interrupted");
-  process.once("SIGINT", stop);
-  process.once("SIGTERM", stop);
-  const status = statusLine();
-  const window: { at: number; bytes: number }[] = [];
-  let suspendedDisks: Uint8Array[] = [];
-  const op = replicate(machine, transport, {
-    intervalMs: Number(values.interval),
-    compression: values.compress,
-    release: printer(io, values.json),
-    // For a supervisor that checks a standby byte for byte: the state at each checkpoint, hashed.
-    // Or just its disks: copied while paused (cheap), hashed once the guest runs again, and
-    // printed before that checkpoint is sent, so a standby never holds one whose digest is unsaid.
-    onSuspended: values.digests ? (checkpoint) => io.out(JSON.stringify({ type: "suspended", checkpoint, digest: stateDigest(machine, { devices: guest.stableDevices }) }))
-      : values["disk-digests"] ? () => void (suspendedDisks = machine.disks.map((disk) => disk.read(0, disk.size))) : undefined,
-    onResumed: values["disk-digests"] ? (checkpoint) => io.out(JSON.stringify({ type: "disks", checkpoint, digest: disksDigest(suspendedDisks) })) : undefined,
-    onCommitted: (s) => {
-      if (values.json) io.out(JSON.stringify({ type: "checkpoint", ...s }));
-      const now = performance.now();
-      window.push({ at: now, bytes: s.bytes });
-      while (window.length > 1 && now - window[0].at > 1000) window.shift();
-      const seconds = Math.max((now - window[0].at) / 1000, 0.001);
-      status(`checkpoint ${s.checkpoint}: ${(window.length / seconds).toFixed(0)}/s, pause ${s.pauseMs.toFixed(2)} ms, ${s.pages} dirty pages, ` +
-        `${(window.reduce((n, w) => n + w.bytes, 0) / seconds / 1e6).toFixed(1)} MB/s, ${s.heldOutputBytes} B output held`);
-    },
-    signal: controller.signal,
-  });
   try {
-    await op.promise;
+    const transport = await connectToSecondary(values.connect);
+    const controller = new AbortController();
+    const stop = () => controller.abort("interrupted");
+    process.once("SIGINT", stop);
+    process.once("SIGTERM", stop);
+    const status = statusLine();
+    const window: { at: number; bytes: number }[] = [];
+    let suspendedDisks: Uint8Array[] = [];
+    const op = replicate(machine, transport, {
+      intervalMs: values.interval,
+      compression: values.compress,
+      release: printer(io, values.json),
+      // For a supervisor that checks a standby byte for byte: the state at each checkpoint, hashed.
+      // Or just its disks: copied while paused (cheap), hashed once the guest runs again, and
+      // printed before that checkpoint is sent, so a standby never holds one whose digest is unsaid.
+      onSuspended: values.digests ? (checkpoint) => io.out(JSON.stringify({ type: "suspended", checkpoint, digest: stateDigest(machine, { devices: guest.stableDevices }) }))
+        : values["disk-digests"] ? () => void (suspendedDisks = machine.disks.map((disk) => disk.read(0, disk.size))) : undefined,
+      onResumed: values["disk-digests"] ? (checkpoint) => io.out(JSON.stringify({ type: "disks", checkpoint, digest: disksDigest(suspendedDisks) })) : undefined,
+      onCommitted: (s) => {
+        if (values.json) io.out(JSON.stringify({ type: "checkpoint", ...s }));
+        const now = performance.now();
+        window.push({ at: now, bytes: s.bytes });
+        while (window.length > 1 && now - window[0].at > 1000) window.shift();
+        const seconds = Math.max((now - window[0].at) / 1000, 0.001);
+        status(`checkpoint ${s.checkpoint}: ${(window.length / seconds).toFixed(0)}/s, pause ${s.pauseMs.toFixed(2)} ms, ${s.pages} dirty pages, ` +
+          `${(window.reduce((n, w) => n + w.bytes, 0) / seconds / 1e6).toFixed(1)} MB/s, ${s.heldOutputBytes} B output held`);
+      },
+      signal: controller.signal,
+    });
+    try {
+      await op.promise;
+    } catch (error) {
+      if (!(error instanceof TandemError && error.code === ErrorCode.Aborted)) throw error;
+    } finally {
+      process.off("SIGINT", stop);
+      process.off("SIGTERM", stop);
+    }
     return 0;
-  } catch (error) {
-    if (error instanceof TandemError && error.code === ErrorCode.Aborted) return 0;
-    throw error;
   } finally {
     await guest.close();
   }
-}
+});
 
-/** Accepts one primary, stands by, and after a takeover runs the machine until interrupted. */
-export async function secondaryCommand(args: readonly string[], io: Output): Promise<number> {
-  const { values } = parseArgs({ args: [...args], options: { ...GUEST_OPTIONS, listen: { type: "string" }, heartbeat: { type: "string", default: "500" } } });
-  if (!values.listen) throw new TandemError(ErrorCode.BadArgument, "secondary needs --listen PORT|HOST:PORT|PATH");
+/** `tandem secondary`: accepts one primary, stands by, and after a takeover runs the machine until interrupted. */
+export const secondaryCommand = defineCommand({
+  name: "secondary",
+  summary: "Stand by for a `tandem primary`: hold its latest checkpoint, and take over, running the\nguest from that checkpoint, if the primary stops answering.",
+  options: {
+    listen: required(addressOption("where to wait for the primary")),
+    heartbeat: number("MS", "take over after MS milliseconds without a word from the primary", { above: 0, max: 600_000, default: 500, unit: "milliseconds" }),
+    ...GUEST_OPTIONS,
+  },
+}, async ({ values }, io) => {
   const guest = await guestFrom(values);
   const machine = guest.machine;
-  let accept!: (t: SocketTransport) => void;
-  const accepted = new Promise<SocketTransport>((resolve) => (accept = resolve));
-  const server = await listen(parseAddress(values.listen), (t) => accept(t));
-  if (values.json) io.out(JSON.stringify({ type: "listening", address: server.address }));
-  const transport = await accepted;
-  void server.close(); // stop listening; its promise settles only when this connection ends
-  const status = statusLine();
-  const op = standby(machine, transport, { heartbeatTimeoutMs: Number(values.heartbeat), release: printer(io, values.json) });
-  op.onProgress((p) => status(`standing by: checkpoint ${p.checkpoints}, ${(p.bytes / 1e6).toFixed(1)} MB received`));
-  const result = await op.promise;
-  status("");
-  if (values.json) io.out(JSON.stringify({ type: result.outcome, ...result }));
-  if (result.outcome === "takeover") {
-    await new Promise<void>((resolve) => {
-      process.once("SIGINT", resolve);
-      process.once("SIGTERM", resolve);
-    });
+  try {
+    let accept!: (t: SocketTransport) => void;
+    const accepted = new Promise<SocketTransport>((resolve) => (accept = resolve));
+    const server = await listen(values.listen, (t) => accept(t));
+    if (values.json) io.out(JSON.stringify({ type: "listening", address: server.address }));
+    const transport = await accepted;
+    void server.close(); // stop listening; its promise settles only when this connection ends
+    const status = statusLine();
+    const op = standby(machine, transport, { heartbeatTimeoutMs: values.heartbeat, release: printer(io, values.json) });
+    op.onProgress((p) => status(`standing by: checkpoint ${p.checkpoints}, ${(p.bytes / 1e6).toFixed(1)} MB received`));
+    const result = await op.promise;
+    status("");
+    if (values.json) io.out(JSON.stringify({ type: result.outcome, ...result }));
+    if (result.outcome === "takeover") {
+      await new Promise<void>((resolve) => {
+        process.once("SIGINT", resolve);
+        process.once("SIGTERM", resolve);
+      });
+    }
+    return 0;
+  } finally {
+    await guest.close();
   }
-  await guest.close();
-  return 0;
-}
+});
 
-/** Runs the guest for --run seconds, then migrates it to `tandem secondary --listen` at --connect. */
-export async function migrateCommand(args: readonly string[], io: Output): Promise<number> {
-  const { values } = parseArgs({
-    args: [...args],
-    options: { ...GUEST_OPTIONS, connect: { type: "string" }, run: { type: "string", default: "1" }, "max-downtime": { type: "string", default: "30" } },
-  });
-  if (!values.connect) throw new TandemError(ErrorCode.BadArgument, "migrate needs --connect PORT|HOST:PORT|PATH (where `tandem secondary --listen` runs)");
+/** `tandem migrate`: runs the guest for --run seconds, then migrates it to `tandem secondary --listen` at --connect. */
+export const migrateCommand = defineCommand({
+  name: "migrate",
+  summary: "Run the built-in guest S seconds (its output then not shown), then migrate it live to a\n`tandem secondary --listen ADDR`.",
+  options: {
+    connect: required(CONNECT),
+    run: RUN,
+    "max-downtime": number("MS", "stop the guest for the last round once it would take at most MS milliseconds", { min: 0, max: 60_000, default: 30, unit: "milliseconds" }),
+    ...GUEST_OPTIONS,
+  },
+}, async ({ values }, io) => {
   const guest = await guestFrom(values);
   const machine = guest.machine;
-  await runFor(machine, values.run);
-  const status = statusLine();
-  const op = migrate(machine, await connect(parseAddress(values.connect)), { maxDowntimeMs: Number(values["max-downtime"]), release: printer(io, values.json) });
-  op.onProgress((p) => status(`${p.phase}: round ${p.iterations}, ${p.pages} pages, ${(p.bytes / 1e6).toFixed(1)} MB`));
-  const result = await op.promise.finally(() => guest.close());
-  status("");
-  io.out(values.json ? JSON.stringify({ type: "migrated", ...result })
-    : `migrated in ${result.totalMs.toFixed(0)} ms (${result.iterations} rounds, ${result.converged ? "converged" : "stopped at the limit"}), downtime ${result.downtimeMs.toFixed(1)} ms`);
-  return 0;
-}
+  try {
+    await runFor(machine, values.run);
+    const status = statusLine();
+    const op = migrate(machine, await connectToSecondary(values.connect), { maxDowntimeMs: values["max-downtime"], release: printer(io, values.json) });
+    op.onProgress((p) => status(`${p.phase}: round ${p.iterations}, ${p.pages} pages, ${(p.bytes / 1e6).toFixed(1)} MB`));
+    const result = await op.promise;
+    status("");
+    io.out(values.json ? JSON.stringify({ type: "migrated", ...result })
+      : `migrated in ${result.totalMs.toFixed(0)} ms (${result.iterations} rounds, ${result.converged ? "converged" : "stopped at the limit"}), downtime ${result.downtimeMs.toFixed(1)} ms`);
+    return 0;
+  } finally {
+    await guest.close();
+  }
+});
 
-/** Runs the guest for --run seconds, then saves it to FILE. */
-export async function saveCommand(args: readonly string[], io: Output): Promise<number> {
-  const { values, positionals } = parseArgs({ args: [...args], allowPositionals: true, options: { ...GUEST_OPTIONS, run: { type: "string", default: "1" } } });
-  if (positionals.length !== 1) throw new TandemError(ErrorCode.BadArgument, "save needs one FILE");
+/** `tandem save`: runs the guest for --run seconds, then saves it to FILE. */
+export const saveCommand = defineCommand({
+  name: "save",
+  operands: "FILE",
+  minOperands: 1,
+  maxOperands: 1,
+  summary: "Run the built-in guest S seconds, then save it (RAM, devices, disks) to FILE.",
+  options: { run: RUN, ...GUEST_OPTIONS },
+}, async ({ values, operands: [file] }, io) => {
   const guest = await guestFrom(values);
   const machine = guest.machine;
   const log = new CounterLog();
   machine.onOutput((o) => log.see(new TextDecoder().decode(o.data)));
-  await runFor(machine, values.run);
-  const result = await save(machine, positionals[0], { stop: true }).promise.finally(() => guest.close());
-  io.out(values.json ? JSON.stringify({ type: "saved", counter: log.last, ...result })
-    : `saved at counter ${log.last}: ${result.bytes} bytes (${result.zeroPages} of ${result.pages} pages zero), paused ${result.pauseMs.toFixed(1)} ms`);
-  return 0;
-}
+  try {
+    await runFor(machine, values.run);
+    const result = await save(machine, file, { stop: true }).promise;
+    io.out(values.json ? JSON.stringify({ type: "saved", counter: log.last, ...result })
+      : `saved at counter ${log.last}: ${result.bytes} bytes (${result.zeroPages} of ${result.pages} pages zero), paused ${result.pauseMs.toFixed(1)} ms`);
+    return 0;
+  } finally {
+    await guest.close();
+  }
+});
 
-/** Restores the guest from FILE and runs it for --run seconds, printing its output. */
-export async function restoreCommand(args: readonly string[], io: Output): Promise<number> {
-  const { values, positionals } = parseArgs({ args: [...args], allowPositionals: true, options: { ...GUEST_OPTIONS, run: { type: "string", default: "1" } } });
-  if (positionals.length !== 1) throw new TandemError(ErrorCode.BadArgument, "restore needs one FILE");
+/** `tandem restore`: restores the guest from FILE and runs it for --run seconds, printing its output. */
+export const restoreCommand = defineCommand({
+  name: "restore",
+  operands: "FILE",
+  minOperands: 1,
+  maxOperands: 1,
+  summary: "Restore the built-in guest from FILE (made by `tandem save` with the same guest options)\nand run it S seconds, printing its output.",
+  options: { run: RUN, ...GUEST_OPTIONS },
+}, async ({ values, operands: [file] }, io) => {
   const guest = await guestFrom(values);
   const machine = guest.machine;
   const log = new CounterLog();
@@ -177,7 +220,7 @@ export async function restoreCommand(args: readonly string[], io: Output): Promi
     if (!values.json) io.out(text.replace(/\n$/, ""));
   });
   try {
-    await restore(machine, positionals[0], { resume: false }).promise;
+    await restore(machine, file, { resume: false }).promise;
     await runFor(machine, values.run);
   } finally {
     await guest.close();
@@ -186,4 +229,4 @@ export async function restoreCommand(args: readonly string[], io: Output): Promi
   io.out(values.json ? JSON.stringify({ type: "restored", firstOutput: first, last: log.last, diskErrors: log.diskErrors })
     : `restored; the guest went on from counter ${first} to ${log.last}, ${log.diskErrors} disk errors`);
   return log.diskErrors === 0 && first !== null ? 0 : 1;
-}
+});

@@ -4,17 +4,17 @@
  * SIGINT or SIGTERM, then closes its connections and removes the socket file.
  */
 
-import { parseArgs } from "node:util";
-import { ErrorCode, TandemError } from "../errors.ts";
 import { serveXenStore } from "../xen/xenstore/server.ts";
-import type { Output } from "./commands.ts";
+import { defineCommand, required, text } from "./options.ts";
 
-/** Serves until interrupted; 0 after a clean stop. */
-export async function xenstoredCommand(args: readonly string[], io: Output): Promise<number> {
-  const { values } = parseArgs({ args: [...args], options: { socket: { type: "string" } } });
-  if (values.socket === undefined || values.socket === "") {
-    throw new TandemError(ErrorCode.BadArgument, "xenstored needs --socket PATH, the Unix socket to listen on");
-  }
+/** `tandem xenstored`: serves until interrupted; 0 after a clean stop. */
+export const xenstoredCommand = defineCommand({
+  name: "xenstored",
+  summary: "Serve a xenstore on a Unix socket (xs_wire protocol), for Xen's xenstore-utils\n(XENSTORED_PATH=PATH) and frontends; runs until SIGINT/SIGTERM, then removes the socket.",
+  options: {
+    socket: required(text("PATH", "the Unix socket to listen on")),
+  },
+}, async ({ values }, io) => {
   const server = await serveXenStore(values.socket);
   io.out(`xenstored: listening on ${server.path} (XENSTORED_PATH=${server.path})`);
   await new Promise<void>((resolve) => {
@@ -24,4 +24,4 @@ export async function xenstoredCommand(args: readonly string[], io: Output): Pro
   await server.close();
   io.out("xenstored: stopped");
   return 0;
-}
+});

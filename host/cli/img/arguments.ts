@@ -1,37 +1,8 @@
-/** Argument parsing shared by the `tandem img` subcommands: bad arguments become usage errors. */
+/** Options and operands shared by the `tandem img` subcommands. */
 
-import { parseArgs, type ParseArgsConfig } from "node:util";
 import { ErrorCode, TandemError } from "../../errors.ts";
 import { formatNames } from "../../disk/registry.ts";
-
-/** The option table of one subcommand, in node:util parseArgs's terms. */
-export type ImgOptions = NonNullable<ParseArgsConfig["options"]>;
-
-/**
- * Parses `args` for `tandem img <subcommand>` against `options`: unknown options and missing
- * values become E_BAD_ARGUMENT (a usage error), whatever the runtime's parseArgs throws.
- */
-export function parseImgArgs<O extends ImgOptions>(
-  subcommand: string,
-  args: readonly string[],
-  options: O,
-): ReturnType<typeof parseArgs<{ args: string[]; options: O; allowPositionals: true; strict: true }>> {
-  try {
-    return parseArgs({ args: [...args], options, allowPositionals: true, strict: true });
-  } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
-    throw new TandemError(ErrorCode.BadArgument, `img ${subcommand}: ${message}`);
-  }
-}
-
-/** `positionals` if there are between `min` and `max` of them, else a usage error quoting `synopsis`. */
-export function expectPositionals(subcommand: string, positionals: readonly string[], min: number, max: number, synopsis: string): string[] {
-  if (positionals.length < min || positionals.length > max) {
-    const problem = positionals.length < min ? "missing arguments" : `unexpected '${positionals.slice(max).join(" ")}'`;
-    throw new TandemError(ErrorCode.BadArgument, `img ${subcommand}: ${problem}; usage: tandem img ${subcommand} ${synopsis}`);
-  }
-  return [...positionals];
-}
+import { custom, flag, type Option } from "../options.ts";
 
 /** `name` if it is a registered image format, else a usage error listing the known ones. */
 export function knownFormat(name: string, option: string): string {
@@ -40,3 +11,14 @@ export function knownFormat(name: string, option: string): string {
   }
   return name;
 }
+
+/** An option naming an image format (-f, -O, -F). */
+export function formatOption(short: string, help: string, settings: { default?: string } = {}): Option<string | undefined> {
+  return custom("FMT", help, (given) => {
+    if (!formatNames().includes(given)) throw new TandemError(ErrorCode.BadArgument, `unknown image format; known: ${formatNames().join(", ")}`);
+    return given;
+  }, { short, ...settings });
+}
+
+/** --json, as qemu-img's --output=json. */
+export const JSON_OPTION = flag("print JSON, with qemu-img's field names");

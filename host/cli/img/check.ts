@@ -5,14 +5,10 @@
  * cannot be opened or read) fails with exit code 1 through the usual error path.
  */
 
-import { ErrorCode, TandemError } from "../../errors.ts";
 import type { CheckReport } from "../../disk/format.ts";
 import { checkImage, formatByName } from "../../disk/registry.ts";
-import type { Output } from "../commands.ts";
-import { expectPositionals, knownFormat, parseImgArgs } from "./arguments.ts";
-
-/** The usage line. */
-export const CHECK_SYNOPSIS = "[-f FMT] [-r leaks|all] [--json] FILE";
+import { choice, defineCommand } from "../options.ts";
+import { formatOption, JSON_OPTION } from "./arguments.ts";
 
 /** Exit codes, as qemu-img check's (docs/tools/qemu-img.rst); 1 (the check could not complete) comes from the error path. */
 export const CheckExit = { Clean: 0, Errors: 2, Leaks: 3, NotSupported: 63 } as const;
@@ -29,19 +25,21 @@ function findings(report: CheckReport): string[] {
   return report.messages.filter((line) => !SUMMARY_LINE.test(line));
 }
 
-/** Runs `tandem img check`; returns the exit code. */
-export function imgCheck(args: readonly string[], io: Output): number {
-  const { values, positionals } = parseImgArgs("check", args, {
-    format: { type: "string", short: "f" },
-    repair: { type: "string", short: "r" },
-    json: { type: "boolean", default: false },
-  });
-  const [file] = expectPositionals("check", positionals, 1, 1, CHECK_SYNOPSIS);
-  if (values.repair !== undefined && values.repair !== "leaks" && values.repair !== "all") {
-    throw new TandemError(ErrorCode.BadArgument, `img check: -r ${values.repair}: give leaks or all`);
-  }
+/** `tandem img check`; returns the exit code. */
+export const imgCheck = defineCommand({
+  name: "img check",
+  operands: "FILE",
+  minOperands: 1,
+  maxOperands: 1,
+  summary: "Check (-r: repair) the image's metadata; exit 0 clean, 2 errors, 3 leaks only,\n1 check failed, 63 nothing to check (raw).",
+  options: {
+    format: formatOption("f", "the image's format (probed when absent)"),
+    repair: choice("leaks|all", "repair leaked clusters, or everything", ["leaks", "all"], { short: "r" }),
+    json: JSON_OPTION,
+  },
+}, ({ values, operands: [file] }, io) => {
   const options: { format?: string; repair?: boolean } = {};
-  if (values.format !== undefined) options.format = knownFormat(values.format, "-f");
+  if (values.format !== undefined) options.format = values.format;
 
   const found = checkImage(file, options);
   if (formatByName(found.format).check === undefined) {
@@ -77,7 +75,7 @@ export function imgCheck(args: readonly string[], io: Output): number {
   else io.out([...before, ...repairLines, ...after, ...summary(final)].join("\n"));
   if (final.errors > 0) return CheckExit.Errors;
   return final.leaks > 0 ? CheckExit.Leaks : CheckExit.Clean;
-}
+});
 
 /** The closing lines of qemu-img check's report. */
 function summary(report: CheckReport): string[] {

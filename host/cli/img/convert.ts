@@ -12,35 +12,38 @@ import type { Disk } from "../../disk/disk.ts";
 import type { DiskCreateOptions, DiskOpenOptions } from "../../disk/format.ts";
 import { createImage, openDisk } from "../../disk/registry.ts";
 import { progressLine, type StatusStream } from "../progress.ts";
-import { expectPositionals, knownFormat, parseImgArgs } from "./arguments.ts";
+import { defineCommand, text } from "../options.ts";
+import { formatOption } from "./arguments.ts";
 import { inspectBacking } from "./backing.ts";
-import { parseImageOptions } from "./create-options.ts";
+import { IMAGE_OPTIONS, parseImageOptions } from "./create-options.ts";
 import { copySparse } from "./sparse-copy.ts";
 
-/** The usage line. */
-export const CONVERT_SYNOPSIS = "[-f FMT] [-O FMT] [-o OPTIONS] [-B BACKING [-F FMT]] SRC DST";
-
 /**
- * Runs `tandem img convert`, drawing progress on `status` if it is a terminal; returns the exit
- * code. Like qemu-img convert it prints nothing on success.
+ * `tandem img convert`, drawing progress on the output's status stream if it is a terminal;
+ * returns the exit code. Like qemu-img convert it prints nothing on success.
  */
-export function imgConvert(args: readonly string[], status: StatusStream = process.stderr): number {
-  const { values, positionals } = parseImgArgs("convert", args, {
-    format: { type: "string", short: "f" },
-    "output-format": { type: "string", short: "O", default: "raw" },
-    options: { type: "string", short: "o", multiple: true, default: [] },
-    backing: { type: "string", short: "B" },
-    "backing-format": { type: "string", short: "F" },
-  });
-  const [sourcePath, targetPath] = expectPositionals("convert", positionals, 2, 2, CONVERT_SYNOPSIS);
-  const targetFormat = knownFormat(values["output-format"], "-O");
+export const imgConvert = defineCommand({
+  name: "img convert",
+  operands: "SRC DST",
+  minOperands: 2,
+  maxOperands: 2,
+  summary: "Copy what the guest sees of SRC into a new image DST, sparse where SRC reads as zeros or\nas the backing file given with -B.",
+  options: {
+    format: formatOption("f", "SRC's format (probed when absent)"),
+    "output-format": formatOption("O", "DST's format", { default: "raw" }),
+    options: IMAGE_OPTIONS,
+    backing: text("BACKING", "the backing file DST overlays", { short: "B" }),
+    "backing-format": formatOption("F", "the backing file's format (probed when absent)"),
+  },
+}, ({ values, operands: [sourcePath, targetPath] }, io) => {
+  const status: StatusStream = io.status ?? process.stderr;
+  const targetFormat = values["output-format"] ?? "raw";
   const imageOptions = parseImageOptions(values.options);
   const sourceOptions: DiskOpenOptions = { readOnly: true };
-  if (values.format !== undefined) sourceOptions.format = knownFormat(values.format, "-f");
+  if (values.format !== undefined) sourceOptions.format = values.format;
   if (values["backing-format"] !== undefined && values.backing === undefined) {
     throw new TandemError(ErrorCode.BadArgument, "img convert: -F names the backing file's format; it needs -B BACKING");
   }
-  if (values["backing-format"] !== undefined) knownFormat(values["backing-format"], "-F");
   if (existsSync(targetPath)) {
     throw new TandemError(ErrorCode.DiskIo, `${targetPath} already exists; img convert does not overwrite images: remove it or choose another name`);
   }
@@ -64,7 +67,7 @@ export function imgConvert(args: readonly string[], status: StatusStream = proce
     source.close();
   }
   return 0;
-}
+});
 
 /** Creates the image at `path`, lets `fill` write it, then flushes and closes it; removes it if any step fails. */
 function writeImage(path: string, format: string, options: DiskCreateOptions, fill: (target: Disk) => void): void {

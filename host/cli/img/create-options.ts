@@ -2,7 +2,11 @@
 
 import { ErrorCode, TandemError } from "../../errors.ts";
 import type { DiskCreateOptions } from "../../disk/format.ts";
+import { list } from "../options.ts";
 import { parseSize } from "./size.ts";
+
+/** The -o option of create and convert; read by {@link parseImageOptions}. */
+export const IMAGE_OPTIONS = list("OPTIONS", "image options: cluster_size=N,lazy_refcounts=on|off (may repeat)", { short: "o" });
 
 /** The options `-o` sets. */
 export type ImageOptions = Pick<DiskCreateOptions, "clusterSize" | "lazyRefcounts">;

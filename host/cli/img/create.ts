@@ -8,32 +8,33 @@ import { existsSync, rmSync } from "node:fs";
 import { ErrorCode, TandemError } from "../../errors.ts";
 import type { DiskCreateOptions } from "../../disk/format.ts";
 import { createImage } from "../../disk/registry.ts";
-import type { Output } from "../commands.ts";
-import { expectPositionals, knownFormat, parseImgArgs } from "./arguments.ts";
+import { defineCommand, text, usageLine } from "../options.ts";
+import { formatOption } from "./arguments.ts";
 import { inspectBacking } from "./backing.ts";
-import { describeImageOptions, parseImageOptions } from "./create-options.ts";
+import { describeImageOptions, IMAGE_OPTIONS, parseImageOptions } from "./create-options.ts";
 import { parseSize } from "./size.ts";
 
-/** The usage line. */
-export const CREATE_SYNOPSIS = "[-f FMT] [-b BACKING [-F FMT]] [-o OPTIONS] FILE [SIZE]";
-
-/** Runs `tandem img create`; returns the exit code. */
-export function imgCreate(args: readonly string[], io: Output): number {
-  const { values, positionals } = parseImgArgs("create", args, {
-    format: { type: "string", short: "f", default: "raw" },
-    backing: { type: "string", short: "b" },
-    "backing-format": { type: "string", short: "F" },
-    options: { type: "string", short: "o", multiple: true, default: [] },
-  });
-  const [file, sizeText] = expectPositionals("create", positionals, 1, 2, CREATE_SYNOPSIS);
-  const format = knownFormat(values.format, "-f");
+/** `tandem img create`; returns the exit code. */
+export const imgCreate = defineCommand({
+  name: "img create",
+  operands: "FILE [SIZE]",
+  minOperands: 1,
+  maxOperands: 2,
+  summary: "A new empty image; SIZE in bytes or with K, M, G, T (512K, 1G); with -b and no SIZE,\nthe backing file's size.",
+  options: {
+    format: formatOption("f", "the new image's format", { default: "raw" }),
+    backing: text("BACKING", "the backing file the image overlays", { short: "b" }),
+    "backing-format": formatOption("F", "the backing file's format (probed when absent)"),
+    options: IMAGE_OPTIONS,
+  },
+}, ({ values, operands: [file, sizeText] }, io) => {
+  const format = values.format ?? "raw";
   const imageOptions = parseImageOptions(values.options);
   if (values["backing-format"] !== undefined && values.backing === undefined) {
     throw new TandemError(ErrorCode.BadArgument, "img create: -F names the backing file's format; it needs -b BACKING");
   }
-  if (values["backing-format"] !== undefined) knownFormat(values["backing-format"], "-F");
   if (sizeText === undefined && values.backing === undefined) {
-    throw new TandemError(ErrorCode.BadArgument, `img create: SIZE is missing (needed without -b); usage: tandem img create ${CREATE_SYNOPSIS}`);
+    throw new TandemError(ErrorCode.BadArgument, `img create: SIZE is missing (needed without -b); usage: ${usageLine(imgCreate.spec)}`);
   }
   const size = sizeText === undefined ? undefined : parseSize(sizeText, "SIZE");
   if (existsSync(file)) {
@@ -58,4 +59,4 @@ export function imgCreate(args: readonly string[], io: Output): number {
   const optionText = describeImageOptions(imageOptions);
   io.out(`Formatting '${file}', fmt=${format} size=${options.size}${backingText}${optionText === "" ? "" : ` ${optionText}`}`);
   return 0;
-}
+});

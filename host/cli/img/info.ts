@@ -8,23 +8,25 @@ import { statSync } from "node:fs";
 import type { DiskInfo } from "../../disk/disk.ts";
 import type { DiskOpenOptions } from "../../disk/format.ts";
 import { MAX_CHAIN_DEPTH, openDisk, resolveBackingPath } from "../../disk/registry.ts";
-import type { Output } from "../commands.ts";
-import { expectPositionals, knownFormat, parseImgArgs } from "./arguments.ts";
+import { defineCommand, flag } from "../options.ts";
+import { formatOption, JSON_OPTION } from "./arguments.ts";
 import { humanSize } from "./size.ts";
 
-/** The usage line. */
-export const INFO_SYNOPSIS = "[-f FMT] [--json] [--backing-chain] FILE";
-
-/** Runs `tandem img info`; returns the exit code. */
-export function imgInfo(args: readonly string[], io: Output): number {
-  const { values, positionals } = parseImgArgs("info", args, {
-    format: { type: "string", short: "f" },
-    json: { type: "boolean", default: false },
-    "backing-chain": { type: "boolean", default: false },
-  });
-  const [file] = expectPositionals("info", positionals, 1, 1, INFO_SYNOPSIS);
+/** `tandem img info`; returns the exit code. */
+export const imgInfo = defineCommand({
+  name: "img info",
+  operands: "FILE",
+  minOperands: 1,
+  maxOperands: 1,
+  summary: "Format, sizes, backing file, as qemu-img info prints them.",
+  options: {
+    format: formatOption("f", "the image's format (probed when absent)"),
+    json: JSON_OPTION,
+    "backing-chain": flag("every layer of the backing chain, top first"),
+  },
+}, ({ values, operands: [file] }, io) => {
   const options: DiskOpenOptions = { readOnly: true, noBacking: !values["backing-chain"] };
-  if (values.format !== undefined) options.format = knownFormat(values.format, "-f");
+  if (values.format !== undefined) options.format = values.format;
   const disk = openDisk(file, options);
   let infos: DiskInfo[];
   try {
@@ -36,7 +38,7 @@ export function imgInfo(args: readonly string[], io: Output): number {
   if (values.json) io.out(JSON.stringify(values["backing-chain"] ? infos : infos[0], null, 4));
   else io.out(infos.map(describeInfo).join("\n\n"));
   return 0;
-}
+});
 
 /** `info` as `qemu-img info` lays it out. */
 export function describeInfo(info: DiskInfo): string {

@@ -9,21 +9,23 @@
 import { mergeExtents, type Disk, type DiskExtent } from "../../disk/disk.ts";
 import type { DiskOpenOptions } from "../../disk/format.ts";
 import { openDisk } from "../../disk/registry.ts";
-import type { Output } from "../commands.ts";
-import { expectPositionals, knownFormat, parseImgArgs } from "./arguments.ts";
+import { defineCommand } from "../options.ts";
+import { formatOption, JSON_OPTION } from "./arguments.ts";
 
-/** The usage line. */
-export const MAP_SYNOPSIS = "[-f FMT] [--json] FILE";
-
-/** Runs `tandem img map`; returns the exit code. */
-export function imgMap(args: readonly string[], io: Output): number {
-  const { values, positionals } = parseImgArgs("map", args, {
-    format: { type: "string", short: "f" },
-    json: { type: "boolean", default: false },
-  });
-  const [file] = expectPositionals("map", positionals, 1, 1, MAP_SYNOPSIS);
+/** `tandem img map`; returns the exit code. */
+export const imgMap = defineCommand({
+  name: "img map",
+  operands: "FILE",
+  minOperands: 1,
+  maxOperands: 1,
+  summary: "Allocated ranges and where they lie, as qemu-img map prints them.",
+  options: {
+    format: formatOption("f", "the image's format (probed when absent)"),
+    json: JSON_OPTION,
+  },
+}, ({ values, operands: [file] }, io) => {
   const options: DiskOpenOptions = { readOnly: true };
-  if (values.format !== undefined) options.format = knownFormat(values.format, "-f");
+  if (values.format !== undefined) options.format = values.format;
   const disk = openDisk(file, options);
   try {
     const extents = mergeExtents(disk.map(0, disk.size));
@@ -32,7 +34,7 @@ export function imgMap(args: readonly string[], io: Output): number {
     disk.close();
   }
   return 0;
-}
+});
 
 /** `extents` as `qemu-img map --output=json` prints them: an array, one extent a line. */
 export function mapJson(extents: readonly DiskExtent[]): string {
