@@ -93,6 +93,9 @@ export function rejectValue(reason: string): never {
  * too many.
  */
 export function parseOptions<O extends OptionTable>(spec: CommandSpec<O>, args: readonly string[]): Parsed<O> | "help" {
+  const end = args.indexOf("--");
+  // Help wins over every error, wherever it stands among the options.
+  if ((end < 0 ? args : args.slice(0, end)).some((arg) => arg === "--help" || arg === "-h")) return "help";
   const fail = (message: string): never => {
     throw new TandemError(ErrorCode.BadArgument, `${spec.name}: ${message}`);
   };
@@ -108,7 +111,6 @@ export function parseOptions<O extends OptionTable>(spec: CommandSpec<O>, args: 
       operands.push(...args.slice(i + 1));
       break;
     }
-    if (arg === "--help" || arg === "-h") return "help";
     let name: string | undefined;
     let inline: string | undefined;
     if (arg.startsWith("--")) {
