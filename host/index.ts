@@ -31,6 +31,7 @@ export { RecordType, type StreamHeader, type StreamRecord } from "./protocol/str
 export { configureTracing, tracerFor, type TraceCategory, type Tracer, type TraceSink } from "./trace.ts";
 export { DELTA_TOO_LARGE, SCAN_SLACK } from "./wasm/kernels.ts";
 export { startOperation, type OpContext, type OpHandle, type OpOptions, type OpProgress } from "./ops/operation.ts";
+export { checkIdentity, contentDigest, guestIdentity, identityDifferences, type GuestIdentity, type IdentityField } from "./machine/guest-identity.ts";
 export type { Machine, MachineDisk, MachineOutput } from "./machine/machine.ts";
 export { ReferenceMachine, type ReferenceMachineOptions } from "./machine/reference-machine.ts";
 export { applyCheckpoint, checkLayout, type AppliedCheckpoint } from "./replication/apply-checkpoint.ts";

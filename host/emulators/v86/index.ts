@@ -5,3 +5,5 @@
 
 export { V86Machine, builtInGuest, type V86MachineOptions } from "./v86-machine.ts";
 export { V86_VERSION, checkV86Internals } from "./v86-internals.ts";
+export { describeGuest, guestFromFlags, openGuest, readGuestFile, type GuestDescription, type GuestDiskDescription, type GuestOptions, type OpenedGuest } from "./guest-description.ts";
+export { v86Identity } from "./v86-identity.ts";
