@@ -77,6 +77,8 @@ export const ErrorCode = {
   EmulatorChanged: "E_EMULATOR_CHANGED",
   /** The emulator or its guest could not be started; the message says what to fix. */
   EmulatorStart: "E_EMULATOR_START",
+  /** Write tracking did not mark a page the guest changed (found by a verifying dirty log); the message names the page. */
+  TrackingMissed: "E_TRACKING_MISSED",
 
   // Guests (host/machine/guest-identity.ts, host/emulators/v86/guest-description.ts).
   /** A guest file or guest flag is malformed, names a file that cannot be read, or a value out of range; the message names the field. */

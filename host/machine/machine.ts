@@ -4,7 +4,7 @@
  * built-in one that needs no emulator.
  */
 
-import type { BitmapDirtyLog } from "../memory/bitmap-dirty-log.ts";
+import type { DirtyLog } from "../memory/dirty-log.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { GuestIdentity } from "./guest-identity.ts";
 
@@ -35,7 +35,7 @@ export interface Machine {
    * engine; undefined for a region whose writes the emulator cannot report (the engine then
    * detects changes itself).
    */
-  readonly dirtyLogs: readonly (BitmapDirtyLog | undefined)[];
+  readonly dirtyLogs: readonly (DirtyLog | undefined)[];
   /** Disks whose writes travel in checkpoints, by index. */
   readonly disks: readonly MachineDisk[];
   /**

@@ -10,13 +10,8 @@
  * threads proposal's shared limits (flag 0x03).
  */
 
-import { ErrorCode, TandemError } from "../../errors.ts";
+import { PREAMBLE_BYTES, Reader, SectionId, concat, leb, name, refusal, section, sections, type Section } from "./wasm-binary.ts";
 
-/** Magic and version: the first 8 bytes of every module. */
-const PREAMBLE_BYTES = 8;
-/** Section ids (spec 5.5.2). */
-const SECTION_IMPORT = 2;
-const SECTION_MEMORY = 5;
 /** Import description tags (spec 5.5.5). */
 const IMPORT_FUNC = 0x00;
 const IMPORT_TABLE = 0x01;
@@ -35,90 +30,20 @@ export interface MemoryImportName {
   name: string;
 }
 
-interface Section {
-  id: number;
-  /** Where its id byte is: a section kept as it is is copied from here, size field included. */
-  header: number;
-  start: number;
-  end: number;
+const broken = refusal("to share its memory");
+
+/** Reads limits; returns the minimum (the maximum, if any, is dropped: tandem sets its own). */
+function limits(reader: Reader): number {
+  const flags = reader.byte();
+  const min = reader.u32();
+  if (flags === LIMITS_MIN_MAX || flags === LIMITS_SHARED) reader.u32();
+  else if (flags !== LIMITS_MIN) throw broken(`unknown limits flags 0x${flags.toString(16)}`);
+  return min;
 }
 
-/** A cursor over module bytes that refuses to read past `end`. */
-class Reader {
-  at: number;
-  constructor(readonly bytes: Uint8Array, at: number, readonly end: number) {
-    this.at = at;
-  }
-  byte(): number {
-    if (this.at >= this.end) throw broken(`it ends inside a section at byte ${this.at}`);
-    return this.bytes[this.at++];
-  }
-  u32(): number {
-    let result = 0;
-    for (let shift = 0; shift < 35; shift += 7) {
-      const b = this.byte();
-      result += (b & 0x7f) * 2 ** shift;
-      if ((b & 0x80) === 0) {
-        if (result > 0xffffffff) throw broken(`a LEB128 u32 at byte ${this.at} is out of range`);
-        return result;
-      }
-    }
-    throw broken(`a LEB128 u32 at byte ${this.at} is longer than 5 bytes`);
-  }
-  skip(count: number): void {
-    if (count > this.end - this.at) throw broken(`a length of ${count} at byte ${this.at} runs past its section`);
-    this.at += count;
-  }
-  /** Reads limits; returns the minimum (the maximum, if any, is dropped: tandem sets its own). */
-  limits(): number {
-    const flags = this.byte();
-    const min = this.u32();
-    if (flags === LIMITS_MIN_MAX || flags === LIMITS_SHARED) this.u32();
-    else if (flags !== LIMITS_MIN) throw broken(`unknown limits flags 0x${flags.toString(16)}`);
-    return min;
-  }
-}
-
-function broken(what: string): TandemError {
-  return new TandemError(ErrorCode.EmulatorChanged, `cannot rewrite the emulator's Wasm module to share its memory: ${what}`);
-}
-
-function leb(value: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = value & 0x7f;
-    value = Math.floor(value / 128);
-    if (value !== 0) b |= 0x80;
-    out.push(b);
-  } while (value !== 0);
-  return out;
-}
-
-function sharedLimits(min: number): number[] {
+function importedLimits(min: number, shared: boolean): number[] {
   if (min > MAX_WASM_PAGES) throw broken(`its memory starts at ${min} pages, more than a 32-bit memory has`);
-  return [LIMITS_SHARED, ...leb(min), ...leb(MAX_WASM_PAGES)];
-}
-
-function name(text: string): number[] {
-  const bytes = new TextEncoder().encode(text);
-  return [...leb(bytes.length), ...bytes];
-}
-
-function sections(bytes: Uint8Array): Section[] {
-  if (bytes.length < PREAMBLE_BYTES || bytes[0] !== 0x00 || bytes[1] !== 0x61 || bytes[2] !== 0x73 || bytes[3] !== 0x6d) {
-    throw broken("it does not start with the Wasm magic");
-  }
-  const found: Section[] = [];
-  const reader = new Reader(bytes, PREAMBLE_BYTES, bytes.length);
-  while (reader.at < bytes.length) {
-    const header = reader.at;
-    const id = reader.byte();
-    const size = reader.u32();
-    const start = reader.at;
-    reader.skip(size);
-    found.push({ id, header, start, end: reader.at });
-  }
-  return found;
+  return [shared ? LIMITS_SHARED : LIMITS_MIN_MAX, ...leb(min), ...leb(MAX_WASM_PAGES)];
 }
 
 /** A rewritten module, and the least memory (64 KiB pages) it must be given. */
@@ -128,28 +53,28 @@ export interface SharedMemoryModule {
 }
 
 /**
- * Returns a copy of `bytes` whose one memory is imported as shared, with a maximum of
- * {@link MAX_WASM_PAGES}: a defined memory becomes an import named `defined` (its export, if
+ * Returns a copy of `bytes` whose one memory is imported as shared (or, with `shared` false, as
+ * unshared: for store marks without a second thread), with a maximum of {@link MAX_WASM_PAGES}: a defined memory becomes an import named `defined` (its export, if
  * any, still names it); an imported one keeps its name. A module with no memory or with more
  * than one, without an import section, or that does not parse, is refused with
  * E_EMULATOR_CHANGED.
  */
-export function shareModuleMemory(bytes: Uint8Array, defined: MemoryImportName = { module: "env", name: "memory" }): SharedMemoryModule {
-  const all = sections(bytes);
-  const memorySection = all.filter((s) => s.id === SECTION_MEMORY);
+export function shareModuleMemory(bytes: Uint8Array, defined: MemoryImportName = { module: "env", name: "memory" }, shared = true): SharedMemoryModule {
+  const all = sections(bytes, broken);
+  const memorySection = all.filter((s) => s.id === SectionId.Memory);
   let definedMin: number | undefined;
   if (memorySection.length > 0) {
-    const reader = new Reader(bytes, memorySection[0].start, memorySection[0].end);
+    const reader = new Reader(bytes, memorySection[0].start, memorySection[0].end, broken);
     const count = reader.u32();
     if (memorySection.length > 1 || count > 1) throw broken("it defines more than one memory");
-    if (count === 1) definedMin = reader.limits();
+    if (count === 1) definedMin = limits(reader);
   }
   const parts: Uint8Array[] = [bytes.subarray(0, PREAMBLE_BYTES)];
   let memories = definedMin === undefined ? 0 : 1;
   let minPages = definedMin ?? 0;
-  const rewriteImports = (section: Section): Uint8Array => {
+  const rewriteImports = (imports: Section): Uint8Array => {
     const entries: number[] = [];
-    const reader = new Reader(bytes, section.start, section.end);
+    const reader = new Reader(bytes, imports.start, imports.end, broken);
     let count = reader.u32();
     for (let i = 0; i < count; i++) {
       const entryStart = reader.at;
@@ -159,44 +84,37 @@ export function shareModuleMemory(bytes: Uint8Array, defined: MemoryImportName =
       const tag = reader.byte();
       if (tag === IMPORT_MEMORY) {
         memories++;
-        minPages = reader.limits();
-        entries.push(...bytes.subarray(entryStart, descriptionAt), IMPORT_MEMORY, ...sharedLimits(minPages));
+        minPages = limits(reader);
+        entries.push(...bytes.subarray(entryStart, descriptionAt), IMPORT_MEMORY, ...importedLimits(minPages, shared));
         continue;
       }
       if (tag === IMPORT_FUNC) reader.u32();
       else if (tag === IMPORT_TABLE) {
         reader.byte();
-        reader.limits();
+        limits(reader);
       } else if (tag === IMPORT_GLOBAL) reader.skip(2);
       else throw broken(`an import of unknown kind 0x${tag.toString(16)}`);
       entries.push(...bytes.subarray(entryStart, reader.at));
     }
-    if (reader.at !== section.end) throw broken("its import section has bytes after its last entry");
+    if (reader.at !== imports.end) throw broken("its import section has bytes after its last entry");
     if (definedMin !== undefined) {
       count++;
-      entries.push(...name(defined.module), ...name(defined.name), IMPORT_MEMORY, ...sharedLimits(definedMin));
+      entries.push(...name(defined.module), ...name(defined.name), IMPORT_MEMORY, ...importedLimits(definedMin, shared));
     }
-    const body = [...leb(count), ...entries];
-    return Uint8Array.from([SECTION_IMPORT, ...leb(body.length), ...body]);
+    return section(SectionId.Import, [...leb(count), ...entries]);
   };
   let imported = false;
-  for (const section of all) {
-    if (section.id === SECTION_MEMORY) continue;
-    if (section.id === SECTION_IMPORT) {
-      parts.push(rewriteImports(section));
+  for (const each of all) {
+    if (each.id === SectionId.Memory) continue;
+    if (each.id === SectionId.Import) {
+      parts.push(rewriteImports(each));
       imported = true;
       continue;
     }
-    parts.push(bytes.subarray(section.header, section.end));
+    parts.push(bytes.subarray(each.header, each.end));
   }
   // Both of v86's kinds of module import something; one that does not is not what this was written for.
   if (!imported) throw broken("it has no import section");
   if (memories !== 1) throw broken(memories === 0 ? "it has no memory" : "it has more than one memory");
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return { bytes: out, minPages };
+  return { bytes: concat(parts), minPages };
 }

@@ -16,7 +16,10 @@
  * - `cpu.codegen_finalize(index, start, flags, ptr, length)`: how v86 links the module its JIT
  *   compiled at `ptr` in its memory; it reads the module through `cpu.wasm_memory.buffer` and
  *   links it against `cpu.jit_imports` (whose `m` is the memory). With a shared memory, each such
- *   module is rewritten to import it as shared first ({@link shareJitCode}).
+ *   module is rewritten to import it as shared first, and with write tracking to mark its stores
+ *   ({@link rewriteJitCode}).
+ * - `cpu.write_blob(blob, offset)`: how v86's JavaScript devices write RAM (disk and virtio DMA);
+ *   wrapped by write tracking (v86-tracking.ts).
  * - `emulator.bus`: the starter's end of v86's message bus (src/browser/starter.js); a frame sent
  *   on it as `net0-receive` reaches the first network card (src/ne2k.js), which announces the
  *   frames it transmits as `net0-send` ({@link v86NetworkBus}).
@@ -35,6 +38,7 @@ export interface V86Cpu {
   pack_memory(): { bitmap: { get_buffer(): ArrayBuffer }; packed_memory: Uint8Array };
   unpack_memory(bitmap: unknown, packed: Uint8Array): void;
   codegen_finalize(index: number, start: number, stateFlags: number, ptr: number, length: number): void;
+  write_blob(blob: ArrayLike<number>, offset: number): void;
   jit_imports: { m?: WebAssembly.Memory };
 }
 
@@ -89,6 +93,7 @@ export function checkV86Internals(emulator: object): V86Core {
       if (typeof cpu.pack_memory !== "function") problems.push("cpu.pack_memory() is missing");
       if (typeof cpu.unpack_memory !== "function") problems.push("cpu.unpack_memory() is missing");
       if (typeof cpu.codegen_finalize !== "function") problems.push("cpu.codegen_finalize() is missing");
+      if (typeof cpu.write_blob !== "function") problems.push("cpu.write_blob() is missing");
       if (!cpu.jit_imports || cpu.jit_imports.m !== cpu.wasm_memory) problems.push("cpu.jit_imports.m is not v86's memory");
       const size = cpu.memory_size?.[0];
       if (typeof size !== "number" || size <= 0) problems.push("cpu.memory_size[0] is not the RAM size");
@@ -142,18 +147,19 @@ export function restoreDeviceState(core: V86Core, state: Uint8Array): void {
 }
 
 /**
- * Makes v86's JIT work on a shared memory: each module it compiles imports the memory as
- * unshared, which a shared memory cannot satisfy, so the module is rewritten (`share`, see
- * shared-memory.ts) before v86 links it. v86's own linking code then runs unchanged: during the
- * call it reads the rewritten module from a stand-in for its memory, and links it against the
- * real one. Call once, before the guest first runs.
+ * Has each module v86's JIT compiles rewritten before v86 links it: to import a shared memory
+ * (each imports the memory as unshared, which a shared memory cannot satisfy; see
+ * shared-memory.ts), and for write tracking to mark its stores (store-marks.ts). v86's own
+ * linking code then runs unchanged: during the call it reads the rewritten module from a
+ * stand-in for its memory, and links it against the real one. Call once, before the guest
+ * first runs.
  */
-export function shareJitCode(core: V86Core, share: (module: Uint8Array) => Uint8Array<ArrayBuffer>): void {
+export function rewriteJitCode(core: V86Core, rewrite: (module: Uint8Array) => Uint8Array<ArrayBuffer>): void {
   const cpu = core.cpu;
   const link = cpu.codegen_finalize;
   cpu.codegen_finalize = function (index, start, stateFlags, ptr, length) {
     const memory = cpu.wasm_memory;
-    const module = share(new Uint8Array(memory.buffer, ptr >>> 0, length >>> 0));
+    const module = rewrite(new Uint8Array(memory.buffer, ptr >>> 0, length >>> 0));
     cpu.wasm_memory = { buffer: module.buffer } as unknown as WebAssembly.Memory;
     try {
       link.call(cpu, index, start, stateFlags, 0, module.length);

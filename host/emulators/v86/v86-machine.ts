@@ -3,9 +3,11 @@
  * checkpoint, replicate and migrate a real x86 PC emulator (docs/embedding.md walks through it).
  *
  * - RAM is v86's own WebAssembly.Memory, scanned in place by tandem's kernels (which import that
- *   memory); v86 cannot report writes, so the engine finds them with a detecting dirty log. By
- *   default that memory is made shared (shared-memory.ts), so the log's compare of all of RAM,
- *   the whole of a checkpoint's pause, runs on two cores.
+ *   memory). By default v86's modules are rewritten to mark every page they write
+ *   (v86-tracking.ts), so `dirtyLogs` holds a log the emulator marks and a checkpoint's pause
+ *   follows the pages written. Without tracking the engine finds changed pages with a detecting
+ *   dirty log, whose compare of all of RAM runs on two cores when the memory is shared
+ *   (shared-memory.ts, the default).
  * - Device state is v86's save_state without the RAM (v86-internals.ts).
  * - Serial output is cut into lines and handed to the engine, which holds it until the
  *   checkpoint of the epoch that printed it commits.
@@ -19,17 +21,22 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { V86, type V86Options } from "v86";
 import { ErrorCode, TandemError } from "../../errors.ts";
-import type { BitmapDirtyLog } from "../../memory/bitmap-dirty-log.ts";
 import { closeCompareHelper } from "../../memory/compare-helper.ts";
+import { DetectingDirtyLog } from "../../memory/detecting-dirty-log.ts";
+import type { DirtyLog } from "../../memory/dirty-log.ts";
 import { GuestMemory } from "../../memory/guest-memory.ts";
+import type { MarkMapDirtyLog } from "../../memory/mark-map-dirty-log.ts";
+import { VerifyingDirtyLog } from "../../memory/verifying-dirty-log.ts";
 import type { GuestIdentity } from "../../machine/guest-identity.ts";
 import type { Machine, MachineDisk, MachineOutput } from "../../machine/machine.ts";
 import { MemoryDisk } from "../../machine/memory-disk.ts";
-import { MAX_WASM_PAGES, shareModuleMemory, type SharedMemoryModule } from "./shared-memory.ts";
+import { MAX_WASM_PAGES, shareModuleMemory } from "./shared-memory.ts";
+import { markModuleStores } from "./store-marks.ts";
 import { V86Disk } from "./v86-disk.ts";
 import { v86Identity } from "./v86-identity.ts";
 import { V86Nic } from "./v86-nic.ts";
-import { checkV86Internals, restoreDeviceState, saveDeviceState, shareJitCode, v86NetworkBus, v86Ram, type V86Core } from "./v86-internals.ts";
+import { checkV86Internals, restoreDeviceState, rewriteJitCode, saveDeviceState, v86NetworkBus, v86Ram, type V86Core } from "./v86-internals.ts";
+import { MARK_MAP_WASM_PAGES, MarkedBy, V86Marks, trackingUnavailable, writerName } from "./v86-tracking.ts";
 
 /** Options of a {@link V86Machine}; a standby must use the same as its primary. */
 export interface V86MachineOptions {
@@ -57,6 +64,24 @@ export interface V86MachineOptions {
    * is unplugged, and frames it sends go nowhere.
    */
   network?: boolean;
+  /**
+   * Write tracking: "marks" (the default) has v86 mark every page it writes, so `dirtyLogs`
+   * holds a log and a checkpoint reads only the marks; "verify" also compares all of RAM at
+   * every checkpoint and fails with E_TRACKING_MISSED on a changed page not marked (for tests);
+   * "off" leaves v86's code as it is and the engine detects changes. When tracking cannot be had
+   * (another v86 version), the machine falls back to "off" and `tracking.reason` says why. It
+   * changes nothing in the guest or its saved state, so a primary and its standby may differ in it.
+   */
+  tracking?: V86TrackingMode;
+}
+
+/** How a {@link V86Machine} finds the pages its guest wrote. */
+export type V86TrackingMode = "marks" | "verify" | "off";
+
+/** What a {@link V86Machine} tracks, and why not if it was asked to and does not. */
+export interface V86Tracking {
+  mode: V86TrackingMode;
+  reason?: string;
 }
 
 /** The built-in guest (guest/counter): counts on serial0, dirties RAM, stamps disk sectors. */
@@ -69,17 +94,42 @@ function v86WasmPath(): string {
   return fileURLToPath(new URL("v86.wasm", import.meta.resolve("v86")));
 }
 
-/** v86's module rewritten to import a shared memory, compiled once per process. */
-let sharedV86: { module: WebAssembly.Module; minPages: number } | undefined;
+/** v86's module as rewritten for each use (shared memory, store marks), compiled once per process. */
+const compiledV86 = new Map<string, Promise<{ module: WebAssembly.Module; minPages: number }>>();
 
-/** v86's `wasm_fn` hook: instantiates the rewritten module over a new shared memory. */
-async function instantiateShared(imports: WebAssembly.Imports): Promise<WebAssembly.Exports> {
-  if (!sharedV86) {
-    const rewritten: SharedMemoryModule = shareModuleMemory(readFileSync(v86WasmPath()));
-    sharedV86 = { module: await WebAssembly.compile(rewritten.bytes), minPages: rewritten.minPages };
+function compileV86(shared: boolean, marked: boolean): Promise<{ module: WebAssembly.Module; minPages: number }> {
+  const key = `${shared}:${marked}`;
+  let compiled = compiledV86.get(key);
+  if (!compiled) {
+    compiled = (async () => {
+      const { bytes, minPages } = shareModuleMemory(readFileSync(v86WasmPath()), undefined, shared);
+      const code = marked ? markModuleStores(bytes, { map: markMapAddress(minPages), mark: MarkedBy.Core }) : bytes;
+      return { module: await WebAssembly.compile(code), minPages };
+    })();
+    compiled.catch(() => compiledV86.delete(key));
+    compiledV86.set(key, compiled);
   }
-  const memory = new WebAssembly.Memory({ initial: sharedV86.minPages, maximum: MAX_WASM_PAGES, shared: true });
-  return (await WebAssembly.instantiate(sharedV86.module, { ...imports, env: { ...imports.env, memory } })).exports;
+  return compiled;
+}
+
+/** The mark map lies just past the memory v86's module declares (v86-tracking.ts says why that is free). */
+function markMapAddress(minPages: number): number {
+  return minPages * 65536;
+}
+
+/**
+ * A `wasm_fn` for v86: instantiates its rewritten module over a new memory tandem makes (shared,
+ * or with room for the mark map), and reports the marks, if any, through `made`.
+ */
+function instantiateV86(shared: boolean, marked: boolean, made: (marks: V86Marks | undefined) => void) {
+  return async (imports: WebAssembly.Imports): Promise<WebAssembly.Exports> => {
+    const { module, minPages } = await compileV86(shared, marked);
+    const memory = new WebAssembly.Memory({ initial: minPages + (marked ? MARK_MAP_WASM_PAGES : 0), maximum: MAX_WASM_PAGES, shared });
+    const marks = marked ? new V86Marks(memory, markMapAddress(minPages)) : undefined;
+    made(marks);
+    const env = marks ? marks.wrapImports(imports.env as Record<string, unknown>) : imports.env;
+    return (await WebAssembly.instantiate(module, { ...imports, env: { ...env, memory } as WebAssembly.ModuleImports })).exports;
+  };
 }
 
 const MIB = 1 << 20;
@@ -90,7 +140,9 @@ const NEWLINE = 10;
 /** A v86 PC as a replicable machine. */
 export class V86Machine implements Machine {
   readonly memory: readonly GuestMemory[];
-  readonly dirtyLogs: readonly (BitmapDirtyLog | undefined)[] = [undefined];
+  readonly dirtyLogs: readonly (DirtyLog | undefined)[];
+  /** Whether v86 marks the pages it writes (see {@link V86MachineOptions.tracking}). */
+  readonly tracking: V86Tracking;
   readonly disks: readonly MachineDisk[];
   /** What the guest is built from (v86-identity.ts); a standby's must be the same. */
   readonly identity: GuestIdentity;
@@ -105,12 +157,23 @@ export class V86Machine implements Machine {
   #output: (output: MachineOutput) => void = () => {};
   #diskWrite: (disk: number, offset: number, data: Uint8Array) => void = () => {};
 
-  private constructor(emulator: V86, core: V86Core, disk: MachineDisk | null, network: boolean, identity: GuestIdentity) {
+  private constructor(emulator: V86, core: V86Core, disk: MachineDisk | null, network: boolean, identity: GuestIdentity,
+    tracking: V86Tracking, marks: MarkMapDirtyLog | undefined) {
     this.emulator = emulator;
     this.identity = identity;
     this.#core = core;
     const ram = v86Ram(core);
     this.memory = [new GuestMemory(ram.memory, { offset: ram.offset, size: ram.size })];
+    this.tracking = tracking;
+    if (marks && tracking.mode === "verify") {
+      const lastWrite = (page: number) => {
+        const last = marks.lastMark(page);
+        return last ? `marked in epoch ${last.epoch} by ${writerName(last.mark)}` : "not marked since the log was armed";
+      };
+      this.dirtyLogs = [new VerifyingDirtyLog(marks, new DetectingDirtyLog(this.memory[0]), lastWrite)];
+    } else {
+      this.dirtyLogs = [marks];
+    }
     this.disks = disk ? [disk] : [];
     emulator.add_listener("serial0-output-byte", (byte: number) => this.#serial(byte));
     this.nic = network ? new V86Nic(v86NetworkBus(emulator), (o) => this.#output(o)) : undefined;
@@ -127,6 +190,13 @@ export class V86Machine implements Machine {
     // Guest writes reach the machine once it exists; none can happen before (the guest is stopped).
     let diskWritten: (offset: number, data: Uint8Array) => void = () => {};
     const shared = options.sharedMemory ?? typeof SharedArrayBuffer !== "undefined";
+    const asked = options.tracking ?? "marks";
+    if (asked !== "marks" && asked !== "verify" && asked !== "off") {
+      throw new TandemError(ErrorCode.BadArgument, `tracking: ${String(asked)}; expected "marks", "verify" or "off"`);
+    }
+    let reason = asked === "off" ? undefined : trackingUnavailable();
+    const marked = asked !== "off" && reason === undefined;
+    let marks: V86Marks | undefined;
     const kernel = options.multiboot ?? builtInGuest();
     const v86Options: V86Options = {
       wasm_path: v86WasmPath(),
@@ -143,7 +213,7 @@ export class V86Machine implements Machine {
       preserve_mac_from_state_image: true,
     };
     if (options.cmdline) v86Options.cmdline = options.cmdline;
-    if (shared) v86Options.wasm_fn = instantiateShared;
+    if (shared || marked) v86Options.wasm_fn = instantiateV86(shared, marked, (made) => void (marks = made));
     // v86 takes any object with its loadable's methods as a disk; its typings only name images.
     if (disk) v86Options.hda = new V86Disk(disk, (offset, data) => diskWritten(offset, data)) as unknown as V86Options["hda"];
     const emulator = new V86(v86Options);
@@ -155,10 +225,25 @@ export class V86Machine implements Machine {
       });
     });
     const core = checkV86Internals(emulator);
-    // Before the guest first runs, so that no code is ever compiled against the unshared declaration.
-    if (shared) shareJitCode(core, (module) => shareModuleMemory(module).bytes);
+    let log: MarkMapDirtyLog | undefined;
+    if (marks) {
+      const attached = marks.attach(core, v86Ram(core));
+      if (typeof attached === "string") reason = attached;
+      else log = attached;
+    }
+    // Before the guest first runs, so that no code is ever compiled against the unshared
+    // declaration, and none runs unmarked.
+    const map = marks?.map;
+    if (shared || map !== undefined) {
+      rewriteJitCode(core, (module) => {
+        const code = shared ? shareModuleMemory(module).bytes : module;
+        return map === undefined ? code as Uint8Array<ArrayBuffer> : markModuleStores(code, { map, mark: MarkedBy.Jit });
+      });
+    }
+    if (reason !== undefined) console.warn(`tandem: v86 write tracking is off, the engine will compare all of RAM: ${reason}`);
+    const tracking: V86Tracking = log ? { mode: asked } : { mode: "off", ...(reason === undefined ? {} : { reason }) };
     const identity = v86Identity({ ...options, memoryBytes, vgaMemoryBytes: v86Options.vga_memory_size!, multiboot: kernel, hda: disk });
-    const machine = new V86Machine(emulator, core, disk, options.network ?? false, identity);
+    const machine = new V86Machine(emulator, core, disk, options.network ?? false, identity, tracking, log);
     diskWritten = (offset, data) => machine.#diskWrite(0, offset, data);
     return machine;
   }
