@@ -95,6 +95,11 @@ export const ErrorCode = {
   DiskUnsupported: "E_DISK_UNSUPPORTED",
   /** A write, discard or repair of a disk opened read-only (or of an image marked corrupt). */
   DiskReadOnly: "E_DISK_READ_ONLY",
+  /**
+   * A write refused because it would land on the image's own metadata (QEMU's overlap check);
+   * the image is now marked corrupt and takes no more writes until it is repaired.
+   */
+  DiskCorrupt: "E_DISK_CORRUPT",
   /** A backing file is missing, unreadable, too deep a chain, or a chain that loops back on itself. */
   DiskBacking: "E_DISK_BACKING",
 

@@ -5,12 +5,18 @@
  */
 
 import type { BlockFile } from "../block-file.ts";
+import type { MetadataIndex, MetadataKinds } from "./metadata-index.ts";
 
-/** A {@link BlockFile} with its length and unsynced state tracked in memory (this process is its only writer). */
+/**
+ * A {@link BlockFile} with its length and unsynced state tracked in memory (this process is its
+ * only writer), and, once {@link protect} is called, every write checked against the image's
+ * metadata: the one place all of a writer's writes pass, so no write path can skip the check.
+ */
 export class ImageFile {
   readonly file: BlockFile;
   #length: number;
   #unsynced = false;
+  #metadata: MetadataIndex | null = null;
 
   constructor(file: BlockFile) {
     this.file = file;
@@ -34,8 +40,17 @@ export class ImageFile {
   read(offset: number, target: Uint8Array): number {
     return this.file.read(offset, target);
   }
-  /** Writes `data` at `offset`. */
-  write(offset: number, data: Uint8Array): void {
+  /** Checks every later write against `metadata` (QEMU's overlap check). */
+  protect(metadata: MetadataIndex): void {
+    this.#metadata = metadata;
+  }
+
+  /**
+   * Writes `data` at `offset`: guest data if `allowed` is 0 (the default), else metadata of the
+   * kinds it names. A write onto any other metadata is refused (metadata-index.ts).
+   */
+  write(offset: number, data: Uint8Array, allowed: MetadataKinds = 0): void {
+    this.#metadata?.guard(offset, data.length, allowed);
     this.file.write(offset, data);
     this.#unsynced = true;
     if (offset + data.length > this.#length) this.#length = offset + data.length;

@@ -34,7 +34,8 @@ import {
   l2ReservedBitsSet,
   writeEntry,
 } from "./l2-entry.ts";
-import { MetadataRanges } from "./metadata-ranges.ts";
+import { indexMetadata } from "./index-metadata.ts";
+import { Metadata, type MetadataIndex, type MetadataKinds, metadataName } from "./metadata-index.ts";
 import { Refcounts } from "./refcounts.ts";
 import { TableCache, type CachedTable } from "./table-cache.ts";
 
@@ -77,7 +78,8 @@ export class Qcow2Disk extends DiskBase {
   #l1DirtyTo = 0;
   readonly #l2: TableCache;
   readonly #refcounts: Refcounts | null;
-  readonly #metadata: MetadataRanges;
+  /** Where the image's metadata lies: every write of this disk is checked against it. */
+  readonly #metadata: MetadataIndex;
   readonly #compressed: CompressedClusterReader;
   readonly #sync: boolean;
   readonly #lazyRefcounts: boolean;
@@ -133,14 +135,15 @@ export class Qcow2Disk extends DiskBase {
       tableBytes: this.#clusterSize,
       capacity: Math.max(2, Math.floor(cacheBytes / this.#clusterSize)),
       what: "L2 table",
+      kind: Metadata.ActiveL2,
       // An L2 table may only reach the file after what it depends on: write everything back in order.
       makeClean: () => this.#writeBack(),
     });
-    this.#metadata = new MetadataRanges(
-      this.#clusterSize,
-      { offset: header.l1TableOffset, bytes: header.l1Size * ENTRY_BYTES },
-      { offset: header.refcountTableOffset, bytes: header.refcountTableClusters * this.#clusterSize },
-    );
+    this.#metadata = indexMetadata(parts.file.file, header, parts.l1, this.readOnly ? null : parts.refcountTable);
+    if (!this.readOnly) {
+      this.#metadata.onOverlap((kinds, offset, bytes) => this.#refuseOverlap(kinds, offset, bytes));
+      parts.file.protect(this.#metadata);
+    }
     this.#refcounts =
       this.readOnly || parts.refcountTable === null
         ? null
@@ -374,8 +377,8 @@ export class Qcow2Disk extends DiskBase {
     }
     if (l1ReservedBitsSet(hi, lo) || offset % this.#clusterSize !== 0) throw this.#corrupt(`L1 entry ${l1Index} points to unaligned offset ${offset}`);
     if (offset + this.#clusterSize > this.#fileLimit()) throw this.#corrupt(`L1 entry ${l1Index} points to an L2 table at ${offset}, past the end of the file`);
-    const overlap = this.#metadata.overlap(offset);
-    if (overlap !== undefined) throw this.#corrupt(`L1 entry ${l1Index} points to an L2 table at ${offset}, inside the ${overlap}`);
+    const overlap = this.#metadata.overlap(offset, this.#clusterSize, Metadata.ActiveL2);
+    if (overlap !== 0) throw this.#corrupt(`L1 entry ${l1Index} points to an L2 table at ${offset}, inside the ${metadataName(overlap)}`);
     const table = this.#l2.get(offset);
     this.#recentL1Index = l1Index;
     this.#recentTable = table;
@@ -482,13 +485,10 @@ export class Qcow2Disk extends DiskBase {
         updateCount++;
       }
       let fresh = false;
-      if (inPlace) {
-        this.#checkNotMetadata(host, cluster);
-      } else {
-        if (kind === L2Kind.ZeroAllocated && (hi & COPIED_BIT) !== 0) {
-          // A preallocated zero cluster of ours: reuse it (it holds stale bytes, so not fresh).
-          this.#checkNotMetadata(host, cluster);
-        } else {
+      // In-place writes are checked against the metadata where they reach the file (ImageFile.write).
+      if (!inPlace) {
+        // A preallocated zero cluster of ours is reused (it holds stale bytes, so not fresh).
+        if (kind !== L2Kind.ZeroAllocated || (hi & COPIED_BIT) === 0) {
           const taken = refcounts.allocate(previous >= 0 ? previous + 1 : -1);
           fresh = refcounts.lastAllocationFresh;
           previous = taken;
@@ -534,12 +534,6 @@ export class Qcow2Disk extends DiskBase {
     return stop - pos;
   }
 
-  /** Fails with E_DISK_FORMAT if guest cluster `cluster`'s host cluster `host` overlaps the header, L1 or refcount table. */
-  #checkNotMetadata(host: number, cluster: number): void {
-    const overlap = this.#metadata.overlap(host);
-    if (overlap !== undefined) throw this.#corrupt(`guest cluster ${cluster} maps to offset ${host}, inside the ${overlap}`);
-  }
-
   /** The L2 table for L1 entry `l1Index`, ready to be changed: allocated if missing, COPIED ensured. */
   #l2TableForWrite(l1Index: number): CachedTable {
     const existing = this.#l2TableAt(l1Index);
@@ -557,6 +551,7 @@ export class Qcow2Disk extends DiskBase {
       return existing;
     }
     const cluster = refcounts.allocate();
+    this.#metadata.addCluster(cluster, Metadata.ActiveL2);
     const table = this.#l2.create(cluster * this.#clusterSize);
     writeEntry(this.#l1View, at, table.offset, true);
     this.#markL1Dirty(l1Index);
@@ -662,7 +657,7 @@ export class Qcow2Disk extends DiskBase {
     if (this.#l1DirtyTo > this.#l1DirtyFrom) {
       const from = this.#l1DirtyFrom * ENTRY_BYTES;
       const to = this.#l1DirtyTo * ENTRY_BYTES;
-      this.#file.write(this.#header.l1TableOffset + from, this.#l1.subarray(from, to));
+      this.#file.write(this.#header.l1TableOffset + from, this.#l1.subarray(from, to), Metadata.ActiveL1);
       this.#l1DirtyFrom = Infinity;
       this.#l1DirtyTo = 0;
       this.#file.sync();
@@ -705,7 +700,7 @@ export class Qcow2Disk extends DiskBase {
     const view = new DataView(bytes.buffer);
     view.setBigUint64(0, BigInt(offset));
     view.setUint32(8, clusters);
-    this.#file.write(H_REFCOUNT_TABLE_OFFSET, bytes);
+    this.#file.write(H_REFCOUNT_TABLE_OFFSET, bytes, Metadata.Header);
     this.#file.sync();
     this.#header.refcountTableOffset = offset;
     this.#header.refcountTableClusters = clusters;
@@ -714,7 +709,7 @@ export class Qcow2Disk extends DiskBase {
   #writeHeaderU64(at: number, value: bigint): void {
     const bytes = new Uint8Array(8);
     new DataView(bytes.buffer).setBigUint64(0, value);
-    this.#file.write(at, bytes);
+    this.#file.write(at, bytes, Metadata.Header);
   }
 
   #markL1Dirty(index: number): void {
@@ -729,8 +724,28 @@ export class Qcow2Disk extends DiskBase {
 
   #refuseIfCorrupt(): void {
     if ((this.#header.incompatibleFeatures & Incompatible.Corrupt) !== 0n && !this.closed) {
-      throw new TandemError(ErrorCode.DiskReadOnly, `${this.#file.path} is marked corrupt and can only be read; repair it with qemu-img check -r all`);
+      throw new TandemError(ErrorCode.DiskReadOnly, `${this.#file.path} is marked corrupt and can only be read; repair it with tandem img check -r all (or qemu-img check -r all)`);
     }
+  }
+
+  /**
+   * A write would overlap metadata of `kinds`: marks the image corrupt, as QEMU does
+   * (`qcow2_signal_corruption`), and refuses the write. A version 3 image gets the corrupt bit
+   * in its header, synced, so no later open writes to it before a repair; version 2 has no such
+   * bit, so there the mark lasts until close. Metadata already changed in memory is still written
+   * back on flush, each write passing the same check, so earlier acknowledged writes are kept.
+   */
+  #refuseOverlap(kinds: MetadataKinds, offset: number, bytes: number): never {
+    const what = `preventing invalid write on metadata (overlaps with ${metadataName(kinds)}): ${bytes} bytes at offset ${offset}`;
+    const h = this.#header;
+    if ((h.incompatibleFeatures & Incompatible.Corrupt) === 0n) {
+      h.incompatibleFeatures |= Incompatible.Corrupt;
+      if (h.version === 3) {
+        this.#writeHeaderU64(H_INCOMPATIBLE_FEATURES, h.incompatibleFeatures);
+        this.#file.sync();
+      }
+    }
+    throw new TandemError(ErrorCode.DiskCorrupt, `${this.#file.path}: marking image as corrupt: ${what}; repair it with tandem img check -r all`);
   }
 
   #refuseIfShared(): void {

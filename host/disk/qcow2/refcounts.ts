@@ -14,7 +14,7 @@ import { ErrorCode, TandemError } from "../../errors.ts";
 import type { Qcow2Geometry } from "./header.ts";
 import { MAX_REFCOUNT_TABLE_BYTES } from "./header.ts";
 import type { ImageFile } from "./image-file.ts";
-import type { MetadataRanges } from "./metadata-ranges.ts";
+import { Metadata, type MetadataIndex, metadataName } from "./metadata-index.ts";
 import { ENTRY_BYTES, readU32 } from "./l2-entry.ts";
 import { readRefcount, writeRefcount } from "./refcount-entry.ts";
 import { TableCache, type CachedTable } from "./table-cache.ts";
@@ -42,8 +42,11 @@ export interface RefcountOptions {
   tableClusters: number;
   /** Refcount blocks kept in memory at most. */
   cacheBlocks: number;
-  /** The fixed metadata, which no refcount block may overlap and a refcount of 0 must not hand out; kept up to date as the table moves. */
-  metadata: MetadataRanges;
+  /**
+   * The image's metadata, which a refcount of 0 must not hand out (that refusal marks the image
+   * corrupt) and no refcount block may overlap; this store records its own blocks and table in it.
+   */
+  metadata: MetadataIndex;
   /** Called before the store writes metadata outside a flush (table growth): lets the owner set its dirty bit. */
   beforeMetadataWrite: () => void;
   /** Points the header at a new refcount table, durably (write and sync). */
@@ -89,6 +92,7 @@ export class Refcounts {
       tableBytes: this.#clusterSize,
       capacity: Math.max(2, options.cacheBlocks),
       what: "refcount block",
+      kind: Metadata.RefcountBlock,
       // Increments may reach the file in any order, so a dirty block can simply be written.
       makeClean: (block) => this.#blocks.writeOne(block),
     });
@@ -155,7 +159,7 @@ export class Refcounts {
     if (this.#blocks.writeBack() > 0) this.#file.sync();
     if (this.#dirtyEntries.size === 0) return;
     for (const index of [...this.#dirtyEntries].sort((a, b) => a - b)) {
-      this.#file.write(this.#tableOffset + index * ENTRY_BYTES, this.#table.subarray(index * ENTRY_BYTES, (index + 1) * ENTRY_BYTES));
+      this.#file.write(this.#tableOffset + index * ENTRY_BYTES, this.#table.subarray(index * ENTRY_BYTES, (index + 1) * ENTRY_BYTES), Metadata.RefcountTable);
     }
     this.#dirtyEntries.clear();
     this.#file.sync();
@@ -172,6 +176,7 @@ export class Refcounts {
     if (blockOffset === 0) {
       // No refcount block covers this range yet: put one here, counting itself.
       this.#checkUnprotected(cluster);
+      this.#options.metadata.addCluster(cluster, Metadata.RefcountBlock);
       const block = this.#blocks.create(cluster * this.#clusterSize);
       writeRefcount(block.bytes, cluster % this.#perBlock, this.#bits, 1);
       this.#setTableEntry(tableIndex, cluster * this.#clusterSize);
@@ -234,6 +239,8 @@ export class Refcounts {
     // New blocks are built outside the cache (which could evict them half-filled) and written directly.
     const created = new Map<number, Uint8Array>();
     newBlocks.forEach((index, i) => {
+      this.#checkUnprotected(start + i);
+      this.#options.metadata.addCluster(start + i, Metadata.RefcountBlock);
       created.set(index, new Uint8Array(this.#clusterSize));
       setEntry(index, (start + i) * this.#clusterSize);
     });
@@ -250,13 +257,13 @@ export class Refcounts {
       }
     }
     // Every block (new and dirty) and the new table, durable before the header moves.
-    newBlocks.forEach((index, i) => this.#file.write((start + i) * this.#clusterSize, created.get(index) as Uint8Array));
+    newBlocks.forEach((index, i) => this.#file.write((start + i) * this.#clusterSize, created.get(index) as Uint8Array, Metadata.RefcountBlock));
     this.#blocks.writeBack();
     const tableOffset = (start + newBlocks.length) * this.#clusterSize;
     this.#file.write(tableOffset, table);
     this.#file.sync();
     this.#options.moveTable(tableOffset, tableClusters);
-    this.#options.metadata.moveRefcountTable(tableOffset, tableClusters * this.#clusterSize);
+    this.#options.metadata.setRange(Metadata.RefcountTable, tableOffset, tableClusters * this.#clusterSize);
 
     const oldOffset = this.#tableOffset;
     const oldClusters = this.#tableClusters;
@@ -284,9 +291,9 @@ export class Refcounts {
     if (offset + this.#clusterSize > limit) {
       throw new TandemError(ErrorCode.DiskFormat, `${this.#file.path}: refcount block ${tableIndex} at ${offset} lies past the end of the file`);
     }
-    const overlap = this.#options.metadata.overlap(offset);
-    if (overlap !== undefined) {
-      throw new TandemError(ErrorCode.DiskFormat, `${this.#file.path}: refcount block ${tableIndex} at ${offset} overlaps the ${overlap} (corrupt image)`);
+    const overlap = this.#options.metadata.overlap(offset, this.#clusterSize, Metadata.RefcountBlock);
+    if (overlap !== 0) {
+      throw new TandemError(ErrorCode.DiskFormat, `${this.#file.path}: refcount block ${tableIndex} at ${offset} overlaps the ${metadataName(overlap)} (corrupt image)`);
     }
     return this.#blocks.get(offset);
   }
@@ -307,11 +314,9 @@ export class Refcounts {
     this.#tableView.setUint32(index * ENTRY_BYTES + 4, offset % TWO_32);
   }
 
+  /** Refuses to hand out a cluster that holds metadata although its refcount is 0: the guard marks the image corrupt. */
   #checkUnprotected(cluster: number): void {
-    const what = this.#options.metadata.overlap(cluster * this.#clusterSize);
-    if (what !== undefined) {
-      throw new TandemError(ErrorCode.DiskFormat, `${this.#file.path}: cluster ${cluster} holds the ${what} but its refcount is 0 (corrupt refcounts; repair with qemu-img check -r all)`);
-    }
+    this.#options.metadata.guard(cluster * this.#clusterSize, this.#clusterSize, 0);
   }
 
   #raiseHighWater(end: number): void {

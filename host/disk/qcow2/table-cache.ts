@@ -8,6 +8,7 @@
 import { ErrorCode, TandemError } from "../../errors.ts";
 import { readExact } from "../block-file.ts";
 import type { ImageFile } from "./image-file.ts";
+import type { MetadataKinds } from "./metadata-index.ts";
 
 /** One cached table. */
 export interface CachedTable {
@@ -32,6 +33,8 @@ export interface TableCacheOptions {
   capacity: number;
   /** What the tables are, for messages ("L2 table"). */
   what: string;
+  /** Their kind in the metadata index: the only metadata their write-back may overwrite. */
+  kind: MetadataKinds;
   /**
    * Called when the least recently used table is dirty and must leave: the owner makes it clean
    * (by {@link TableCache.writeBack} after whatever must precede it reaches the file).
@@ -119,7 +122,7 @@ export class TableCache {
   }
 
   #writeEntry(entry: Entry): void {
-    this.#file.write(entry.offset, entry.bytes);
+    this.#file.write(entry.offset, entry.bytes, this.#options.kind);
     entry.dirty = false;
     this.#dirty.delete(entry);
   }
