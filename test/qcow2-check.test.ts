@@ -441,14 +441,15 @@ test("compressed clusters sharing host clusters: a refcount lowered under them i
   }
 });
 
-test("hostile: an L1 table far too large for the file, or a refcount table past the end: coded errors, at once", () => {
+test("hostile: an L1 table far too large for the file: coded errors, at once; a refcount table past the end is checked as qemu-img does", () => {
   if (!qemuTest("hostile headers")) return;
   const huge = clone(corruptionBase(), "huge-l1.qcow2");
   writeU32(huge, 36, 0x7fffffff);
   assert.is(quickly(10_000, () => ourCheck(huge)), ErrorCode.DiskFormat);
   const table = clone(corruptionBase(), "reftable-past-end.qcow2");
   writeU64(table, 48, BigInt(Math.ceil(readFileSync(table).length / 65536 + 16) * 65536));
-  assert.is(quickly(10_000, () => ourCheck(table)), ErrorCode.DiskFormat);
+  // A refcount table past the end (a truncated image) is checked as QEMU checks it: every refcount reads as 0.
+  assert.ok(agreeWithQemu(table, "refcount table past the end").errors > 0);
   const snapshots = clone(corruptionBase(), "many-snapshots.qcow2");
   writeU32(snapshots, 60, 0xffffffff);
   assert.is(quickly(10_000, () => ourCheck(snapshots)), ErrorCode.DiskFormat);

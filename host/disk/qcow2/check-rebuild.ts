@@ -2,14 +2,19 @@
  * Rebuilds a qcow2 image's refcount structure from the references a scan counted, as
  * `qemu-img check -r all` does when refcounts are wrong.
  *
- * Crash ordering (cow-disks.md 3.1 and 3.2): the new refcount blocks and table are written past
- * everything in use, where the old structure sees only free clusters, and synced; only then does
- * one in-place write of header bytes 48..59 (refcount_table_offset and refcount_table_clusters,
- * inside one sector) switch to them, synced again. A crash before the switch leaves the old
- * structure in force with some unreferenced bytes at the end; a crash after it leaves the new one,
- * whose refcounts equal the references. At no point is a refcount lower than its references
- * (beyond what was already wrong). The old table and blocks become free at the switch: the new
- * refcounts do not count them.
+ * Where: in the first run of clusters that nothing references, inside the file or past its end.
+ * "Nothing" includes the old refcount structure (still in force until the switch) and pointers
+ * past the end of the file: a data cluster pointing at EOF + 10 must not find a refcount block
+ * there after the repair. If the new structure carries the file's end over such a pointer, the
+ * cluster it names now exists (reading as zeros, as it did) and is counted.
+ *
+ * Crash ordering (cow-disks.md 3.1 and 3.2): the new refcount blocks and table are written into
+ * those unreferenced clusters and synced; only then does one in-place write of header bytes
+ * 48..59 (refcount_table_offset and refcount_table_clusters, inside one sector) switch to them,
+ * synced again. A crash before the switch leaves the old structure in force with some
+ * unreferenced clusters rewritten; a crash after it leaves the new one, whose refcounts equal the
+ * references. At no point is a refcount lower than its references (beyond what was already
+ * wrong). The old table and blocks become free at the switch: the new refcounts do not count them.
  */
 
 import type { BlockFile } from "../block-file.ts";
@@ -34,33 +39,40 @@ export function rebuildRefcounts(file: BlockFile, scan: Scan): Rebuilt {
   const { geometry: geo, slots } = scan;
   const cs = geo.clusterSize;
   const perBlock = geo.refcountBlockEntries;
+  const fileClusters = Math.ceil(scan.fileSize / cs);
 
   const refcounts = scan.references.slice();
-  for (const cluster of scan.refcountStructure) if (refcounts[cluster] > 0) refcounts[cluster]--;
-
-  let lastUsed = 0;
-  for (let c = slots - 1; c > 0; c--) {
-    if (refcounts[c] > 0) {
-      lastUsed = c;
-      break;
-    }
+  // The old structure is not counted in the new refcounts, but stays in force until the switch:
+  // nothing new may be written over it.
+  const oldStructure = new Set(scan.refcountStructure);
+  const beyondEnd = new Map(scan.beyondEnd);
+  for (const cluster of scan.refcountStructure) {
+    if (cluster < slots && refcounts[cluster] > 0) refcounts[cluster]--;
+    const beyond = beyondEnd.get(cluster);
+    if (beyond !== undefined) beyondEnd.set(cluster, beyond - 1);
   }
-  const start = Math.max(Math.ceil(scan.fileSize / cs), lastUsed + 1);
-  const inUse = new Uint8Array(Math.ceil(slots / perBlock));
-  for (let c = 0; c < slots; c++) if (refcounts[c] > 0) inUse[Math.floor(c / perBlock)] = 1;
+  const free = (cluster: number): boolean =>
+    cluster > 0 && (cluster >= slots || refcounts[cluster] === 0) && !oldStructure.has(cluster) && !beyondEnd.has(cluster);
+  const inUse = new Set<number>();
+  for (let c = 0; c < slots; c++) if (refcounts[c] > 0) inUse.add(Math.floor(c / perBlock));
 
-  // Find how many blocks and table clusters cover the clusters in use and themselves.
+  // The new blocks and table go in one run of free clusters, the first that is long enough, inside
+  // the file or past its end. Find how many blocks and table clusters cover the clusters in use
+  // and themselves; a reference past the old end that the run carries the file over is in use too.
   let blocks = 0;
   let tableClusters = 0;
+  let start = 0;
   let blockIndices: number[] = [];
   for (let pass = 0; ; pass++) {
     if (pass === MAX_LAYOUT_PASSES) throw new TandemError(ErrorCode.DiskFormat, `${file.path}: could not lay out a new refcount structure`);
+    start = firstFreeRun(free, blocks + tableClusters);
     const end = start + blocks + tableClusters;
-    const tableEntries = Math.ceil(end / perBlock);
-    blockIndices = [];
-    for (let i = 0; i < tableEntries; i++) {
-      if ((i < inUse.length && inUse[i] === 1) || ((i + 1) * perBlock > start && i * perBlock < end)) blockIndices.push(i);
-    }
+    const newEnd = Math.max(fileClusters, end);
+    const covered = new Set(inUse);
+    for (let c = start; c < end; c++) covered.add(Math.floor(c / perBlock));
+    for (const cluster of beyondEnd.keys()) if (cluster < newEnd) covered.add(Math.floor(cluster / perBlock));
+    blockIndices = [...covered].sort((a, b) => a - b);
+    const tableEntries = blockIndices.length === 0 ? 1 : blockIndices[blockIndices.length - 1] + 1;
     const neededTable = Math.ceil((tableEntries * ENTRY_BYTES) / cs);
     if (blockIndices.length === blocks && neededTable === tableClusters) break;
     blocks = blockIndices.length;
@@ -70,8 +82,10 @@ export function rebuildRefcounts(file: BlockFile, scan: Scan): Rebuilt {
     throw new TandemError(ErrorCode.DiskUnsupported, `${file.path}: a refcount table of ${tableClusters} clusters is over QEMU's ${MAX_REFCOUNT_TABLE_BYTES}-byte limit`);
   }
   const end = start + blocks + tableClusters;
+  const newEnd = Math.max(fileClusters, end);
   const refcountOf = (cluster: number): number => {
     if (cluster >= start && cluster < end) return 1;
+    if (cluster >= fileClusters) return cluster < newEnd ? (beyondEnd.get(cluster) ?? 0) : 0;
     return cluster < slots ? refcounts[cluster] : 0;
   };
 
@@ -81,7 +95,7 @@ export function rebuildRefcounts(file: BlockFile, scan: Scan): Rebuilt {
   blockIndices.forEach((index, k) => {
     block.fill(0);
     const base = index * perBlock;
-    const last = Math.min(perBlock, Math.max(slots, end) - base);
+    const last = Math.min(perBlock, Math.max(slots, newEnd) - base);
     for (let i = 0; i < last; i++) {
       const value = refcountOf(base + i);
       if (value !== 0) writeRefcount(block, i, geo.refcountBits, value);
@@ -103,4 +117,18 @@ export function rebuildRefcounts(file: BlockFile, scan: Scan): Rebuilt {
   file.write(H_REFCOUNT_TABLE_OFFSET, fields);
   file.sync();
   return { refcountOf };
+}
+
+/** The first cluster of a run of `length` clusters that are all free (searched from cluster 1). */
+function firstFreeRun(free: (cluster: number) => boolean, length: number): number {
+  if (length <= 0) return 1;
+  let run = 0;
+  for (let c = 1; ; c++) {
+    if (!free(c)) {
+      run = 0;
+      continue;
+    }
+    run++;
+    if (run >= length) return c - length + 1;
+  }
 }

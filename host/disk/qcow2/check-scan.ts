@@ -58,6 +58,11 @@ export interface Scan {
   storedRefcount(cluster: number): number;
   /** Clusters counted for the refcount table and blocks, one element per reference. */
   refcountStructure: number[];
+  /**
+   * References to clusters past the end of the file (counted as errors, not in `references`), by
+   * cluster, for clusters a rebuild could reach: it must not put its structures there.
+   */
+  beyondEnd: Map<number, number>;
   /** The refcount table has entries that cannot be used as they are (a rebuild is needed). */
   structureDamaged: boolean;
   /** Some stored refcount differs from the references. */
@@ -122,12 +127,17 @@ function describe(what: Describe): string {
 /** The references counted so far, one element per host cluster of the file (plus one). */
 class References {
   readonly counts: RefcountArray;
+  /** References past the end of the file, by cluster, up to {@link beyondLimit}. */
+  readonly beyondEnd = new Map<number, number>();
+  readonly #beyondLimit: number;
   readonly #geometry: Qcow2Geometry;
   readonly #fileSize: number;
   readonly #findings: Findings;
 
   constructor(geo: Qcow2Geometry, fileSize: number, slots: number, findings: Findings, name: string) {
     this.counts = refcountArray(geo.refcountBits, slots, name);
+    // A rebuild grows the file by its new refcount blocks and table, far less than doubling it.
+    this.#beyondLimit = 2 * slots + 1024;
     this.#geometry = geo;
     this.#fileSize = fileSize;
     this.#findings = findings;
@@ -145,6 +155,8 @@ class References {
     const end = offset + bytes;
     if (end > this.#fileSize && end - this.#fileSize >= cs) {
       this.#findings.error(() => `ERROR ${describe(what)} at ${hex(offset)} (${bytes} bytes) lies past the end of the file`, times);
+      const last = Math.min(Math.floor((end - 1) / cs), this.#beyondLimit);
+      for (let c = Math.floor(offset / cs); c <= last; c++) this.beyondEnd.set(c, (this.beyondEnd.get(c) ?? 0) + times);
       return false;
     }
     const max = this.#geometry.maxRefcount;
@@ -200,6 +212,7 @@ export function scanImage(file: BlockFile, header: Qcow2Header): Scan {
     references: counts,
     storedRefcount: stored.refcountOf,
     refcountStructure: structure.clusters,
+    beyondEnd: references.beyondEnd,
     structureDamaged: structure.damaged,
     refcountsDiffer,
     highestCluster,
@@ -232,10 +245,9 @@ function countL1Tables(file: BlockFile, header: Qcow2Header, references: Referen
         if (!reserved) findings.error(() => `ERROR ${label} L1 entry ${index} has flags but no L2 table offset: ${entryHex(hi, lo)}`, times);
         return;
       }
-      if (l2 % cs !== 0) {
-        findings.error(() => `ERROR ${label} L1 entry ${index}: L2 table offset ${hex(l2)} is not cluster aligned`, times);
-        return;
-      }
+      // As QEMU: the entry is corrupt, but what it names is still counted and walked, so a repair
+      // frees nothing the table (read from the unaligned offset) still references.
+      if (l2 % cs !== 0) findings.error(() => `ERROR ${label} L1 entry ${index}: L2 table offset ${hex(l2)} is not cluster aligned; L1 entry corrupted`, times);
       const seen = l2References.get(l2);
       if (seen) seen.times += times;
       else l2References.set(l2, { times, where: `${label} L1 entry ${index}` });
@@ -269,7 +281,7 @@ function countL1Tables(file: BlockFile, header: Qcow2Header, references: Referen
 
   const l2Tables = new Map<number, number>();
   for (const [l2, { times, where }] of l2References) {
-    if (references.add(l2, cs, times, `L2 table (first reached from ${where})`)) l2Tables.set(l2 / cs, times);
+    if (references.add(l2, cs, times, `L2 table (first reached from ${where})`)) l2Tables.set(l2, times);
   }
   return l2Tables;
 }
@@ -279,10 +291,10 @@ function countL2Tables(file: BlockFile, header: Qcow2Header, tables: Map<number,
   const cs = 2 ** header.clusterBits;
   const table = new Uint8Array(cs);
   const view = new DataView(table.buffer);
-  for (const cluster of [...tables.keys()].sort((a, b) => a - b)) {
-    const times = tables.get(cluster) ?? 0;
+  for (const offset of [...tables.keys()].sort((a, b) => a - b)) {
+    const times = tables.get(offset) ?? 0;
     table.fill(0);
-    file.read(cluster * cs, table); // a last cluster cut short by the end of the file reads as zeros
+    file.read(offset, table); // a last cluster cut short by the end of the file reads as zeros
     for (let i = 0; i < cs / ENTRY_BYTES; i++) {
       const hi = view.getUint32(i * ENTRY_BYTES);
       const lo = view.getUint32(i * ENTRY_BYTES + 4);
@@ -296,10 +308,10 @@ function countL2Tables(file: BlockFile, header: Qcow2Header, tables: Map<number,
       if (header.version === 2 && hasZeroFlag(lo)) findings.error(() => `ERROR L2 entry with the zero flag in a version 2 image: ${entryHex(hi, lo)}`, times);
       const kind = l2Kind(hi, lo);
       if (kind !== L2Kind.Normal && kind !== L2Kind.ZeroAllocated) continue;
-      const offset = entryOffset(hi, lo);
-      if (offset % cs !== 0) findings.error(() => `ERROR data cluster offset ${hex(offset)} is not cluster aligned (l2_entry=${entryHex(hi, lo)})`, times);
+      const dataOffset = entryOffset(hi, lo);
+      if (dataOffset % cs !== 0) findings.error(() => `ERROR data cluster offset ${hex(dataOffset)} is not cluster aligned (l2_entry=${entryHex(hi, lo)})`, times);
       // Counted even when unaligned, as QEMU does: both clusters it touches stay reserved.
-      references.add(offset, cs, times, () => `data cluster (L2 table ${hex(cluster * cs)} entry ${i})`);
+      references.add(dataOffset, cs, times, () => `data cluster (L2 table ${hex(offset)} entry ${i})`);
     }
   }
 }
@@ -314,19 +326,25 @@ interface RefcountStructure {
   damaged: boolean;
 }
 
-/** Counts the refcount table (inside the file: parseHeader checked) and every refcount block it names. */
+/**
+ * Counts the refcount table and every refcount block it names. A table cut off by the end of the
+ * file (a truncated image) reads as zeros past it: the structure is then damaged, and a repair
+ * rebuilds it.
+ */
 function countRefcountStructure(file: BlockFile, header: Qcow2Header, references: References, findings: Findings): RefcountStructure {
   const cs = 2 ** header.clusterBits;
   const tableBytes = header.refcountTableClusters * cs;
   const table = new Uint8Array(tableBytes);
-  readExact(file, header.refcountTableOffset, table, "refcount table");
+  const present = file.read(header.refcountTableOffset, table);
+  // Not counted as an error of its own: the reference to the table past the end already is one (as in QEMU).
+  if (present < tableBytes) findings.note(`ERROR the refcount table (${tableBytes} bytes at ${hex(header.refcountTableOffset)}) is cut off by the end of the file after ${present} bytes`);
   const view = new DataView(table.buffer);
   references.add(header.refcountTableOffset, tableBytes, 1, "refcount table");
   const first = header.refcountTableOffset / cs;
   const clusters = Array.from({ length: header.refcountTableClusters }, (_, k) => first + k);
   const fileClusters = Math.ceil(file.size() / cs);
   const blockOffsets = new Float64Array(tableBytes / ENTRY_BYTES);
-  let damaged = false;
+  let damaged = present < tableBytes;
   for (let i = 0; i < blockOffsets.length; i++) {
     const hi = view.getUint32(i * ENTRY_BYTES);
     const lo = view.getUint32(i * ENTRY_BYTES + 4);

@@ -242,7 +242,9 @@ export function parseHeader(head: Uint8Array, fileSize: number, name: string): Q
   if (header.refcountTableClusters * clusterSize > MAX_REFCOUNT_TABLE_BYTES) {
     throw bad(`refcount table of ${header.refcountTableClusters} clusters is over QEMU's ${MAX_REFCOUNT_TABLE_BYTES}-byte limit`);
   }
-  within(header.refcountTableOffset, header.refcountTableClusters * clusterSize, "refcount table");
+  // A refcount table cut off by the end of the file (a truncated image) is still a header: readers
+  // do not need the table, a check reads what is left and a repair rebuilds it; writers refuse it.
+  if (header.refcountTableOffset % clusterSize !== 0) throw bad(`refcount table offset ${header.refcountTableOffset} is not cluster-aligned`);
   if (header.nbSnapshots > 0) within(header.snapshotsOffset, 0, "snapshot table");
 
   const clusterEnd = Math.min(clusterSize, head.length);

@@ -38,7 +38,11 @@ function openQcow2(file: BlockFile, context: FormatOpenContext): Disk {
   readExact(file, header.l1TableOffset, l1, "L1 table");
   let refcountTable: Uint8Array | null = null;
   if (!readOnly) {
-    refcountTable = new Uint8Array(header.refcountTableClusters * 2 ** header.clusterBits);
+    const tableBytes = header.refcountTableClusters * 2 ** header.clusterBits;
+    if (header.refcountTableOffset + tableBytes > file.size()) {
+      throw new TandemError(ErrorCode.DiskFormat, `${file.path}: the refcount table (${tableBytes} bytes at ${header.refcountTableOffset}) runs past the end of the file (a truncated image); it can be read, but repair it (tandem img check -r all) before writing`);
+    }
+    refcountTable = new Uint8Array(tableBytes);
     readExact(file, header.refcountTableOffset, refcountTable, "refcount table");
   }
   const backingMissing = header.backingFile !== undefined && context.noBacking === true;
