@@ -51,7 +51,7 @@ SIGHUP takes a checkpoint (flush).`,
   }
   if (values.pidfile !== undefined) writeFileSync(values.pidfile, `${process.pid}\n`);
   if (disk.info().formatSpecific?.corrupt === true && values["read-only"] !== true) {
-    io.err(`serve: ${positionals[0]} is marked corrupt: serving it read-only until it is repaired (tandem img check -r all)`);
+    io.err(`serve: ${file} is marked corrupt: serving it read-only until it is repaired (tandem img check -r all)`);
   }
   io.out(`serve: listening on ${server.uri} (${disk.format}, ${disk.size} bytes${disk.readOnly ? ", read-only" : ""}${values.sync ? ", sync" : ""})`);
   const onHangup = (): void => {
