@@ -20,6 +20,8 @@ export interface MachineOutput {
 export interface MachineDisk {
   /** Bytes. */
   readonly size: number;
+  /** True when the disk refuses writes; an emulator must then keep its guest's writes away from it. */
+  readonly readOnly?: boolean;
   /** A copy of `length` bytes at `offset`. */
   read(offset: number, length: number): Uint8Array;
   /** Writes `data` at `offset` (the engine does this on a standby, while paused). */

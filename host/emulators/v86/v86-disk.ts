@@ -7,6 +7,10 @@
  *
  * The disk's contents stay out of v86's state (`get_state` returns only the size): a checkpoint
  * carries them as disk writes, and v86's own SyncBuffer would put the whole image in every state.
+ *
+ * A read-only drive (a CD-ROM, or a disk opened read-only) drops every write: v86's IDE model has
+ * no way to fail a write, so the guest is told it succeeded, but the image never changes and
+ * nothing is reported. Dropped writes are counted for whoever wants to see the guest tried.
  */
 
 import type { MachineDisk } from "../../machine/machine.ts";
@@ -16,14 +20,21 @@ export class V86Disk {
   readonly byteLength: number;
   onload: ((event: { buffer?: ArrayBuffer }) => void) | undefined;
   onprogress: ((event: unknown) => void) | undefined;
+  /** Writes dropped because the drive is read-only. */
+  droppedWrites = 0;
+  readonly readOnly: boolean;
   readonly #disk: MachineDisk;
   readonly #written: (offset: number, data: Uint8Array) => void;
 
-  /** `written` is told of each guest write, after the disk has it. */
-  constructor(disk: MachineDisk, written: (offset: number, data: Uint8Array) => void) {
+  /**
+   * `written` is told of each guest write, after the disk has it. With `readOnly` (or a disk
+   * that says it is read-only) writes are dropped instead.
+   */
+  constructor(disk: MachineDisk, written: (offset: number, data: Uint8Array) => void, readOnly = false) {
     this.#disk = disk;
     this.#written = written;
     this.byteLength = disk.size;
+    this.readOnly = readOnly || disk.readOnly === true;
   }
 
   load(): void {
@@ -43,8 +54,12 @@ export class V86Disk {
   }
 
   set(start: number, data: Uint8Array, done: () => void): void {
-    this.#disk.write(start, data);
-    this.#written(start, data);
+    if (this.readOnly) {
+      this.droppedWrites++;
+    } else {
+      this.#disk.write(start, data);
+      this.#written(start, data);
+    }
     done();
   }
 
