@@ -2,6 +2,7 @@
  * The `tandem` command line: finds the subcommand and runs it. Each subcommand declares its
  * options as a table (options.ts), which gives it its parser and its `--help`. Errors end here:
  * a usage error (E_BAD_ARGUMENT) prints its message and a pointer to the help, exit status 2;
+ * a bad guest file or guest flag (E_GUEST_FILE) prints its message, exit status 2 too;
  * any other error prints its message, exit status 1. No stack trace, unless TANDEM_DEBUG=1 or
  * the error is not one tandem or the system raised on purpose (a bug, worth its stack).
  */
@@ -85,8 +86,9 @@ export function runCli(args: readonly string[], io: Output): number | Promise<nu
 export function reportError(error: unknown, io: Output, command: string | undefined): number {
   const debug = process.env.TANDEM_DEBUG === "1";
   if (error instanceof TandemError) {
-    const usage = error.code === ErrorCode.BadArgument;
-    const help = usage ? `\nRun 'tandem ${command === undefined ? "" : `${command} `}--help' for usage.` : "";
+    // A bad guest file is the user's to fix, as a bad option is: exit 2, no pointer to --help.
+    const usage = error.code === ErrorCode.BadArgument || error.code === ErrorCode.GuestFile;
+    const help = error.code === ErrorCode.BadArgument ? `\nRun 'tandem ${command === undefined ? "" : `${command} `}--help' for usage.` : "";
     io.err(`tandem: ${error.message}${help}${debug ? `\n${error.stack}` : ""}`);
     return usage ? 2 : 1;
   }

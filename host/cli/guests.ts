@@ -2,35 +2,60 @@
  * The guests the CLI runs: the built-in guest (guest/counter) in v86, the default, or the
  * reference machine (host/machine/reference-machine.ts), which needs no emulator. Both print
  * `counter N` once a tick and `disk errors N` once their disk read-back check has failed, so the
- * commands judge either from its released output alone ({@link CounterLog}).
+ * commands judge either from its released output alone ({@link CounterLog}). Or any v86 guest a
+ * guest file or the kernel, firmware and disk flags describe (host/emulators/v86/guest-description.ts).
  */
 
+import { resolve } from "node:path";
+import { guestFromFlags, openGuest, readGuestFile, type GuestDescription } from "../emulators/v86/guest-description.ts";
 import { V86Machine } from "../emulators/v86/v86-machine.ts";
 import { ErrorCode, TandemError } from "../errors.ts";
 import type { Machine } from "../machine/machine.ts";
 import { MemoryDisk } from "../machine/memory-disk.ts";
 import { ReferenceMachine } from "../machine/reference-machine.ts";
-import { choice, flag, number, type OptionValues } from "./options.ts";
+import { choice, flag, number, text, type OptionValues } from "./options.ts";
 
 /** The guests the CLI builds. */
 const GUEST_NAMES = ["v86", "reference"] as const;
+const DEFAULT_MIB = 32;
+const DISK = "FILE[,format=F][,readonly]";
 
 /** Options every command that builds a guest takes; both sides of a pair must use the same. */
 export const GUEST_OPTIONS = {
   guest: choice("NAME", "v86: the built-in guest in the v86 PC emulator;\nreference: the reference machine in TypeScript (no emulator)", GUEST_NAMES, { default: "v86" }),
-  memory: number("MIB", "guest RAM in MiB", { integer: true, min: 4, max: 1920, default: 32 }),
-  dirty: number("F", "fraction of RAM pages the guest writes per tick", { min: 0, max: 1, default: 0.001 }),
-  hz: number("N", "v86 guest ticks per second", { integer: true, min: 1, max: 1000, default: 20 }),
+  "guest-file": text("FILE", "a v86 guest described in JSON: kernel, initrd, cmdline, firmware, memory, disks\n(docs/embedding.md); the flags below override its keys"),
+  multiboot: text("FILE", "boot this multiboot kernel"),
+  bzimage: text("FILE", "boot this Linux kernel (bzImage)"),
+  initrd: text("FILE", "the kernel's initial ramdisk"),
+  cmdline: text("TEXT", "the kernel's command line"),
+  bios: text("FILE", "the system BIOS image"),
+  "vga-bios": text("FILE", "the VGA BIOS image"),
+  hda: text(DISK, "the first hard disk: an image of any format (probed unless given)"),
+  hdb: text(DISK, "the second hard disk"),
+  cdrom: text(DISK, "the CD-ROM image (always read-only)"),
+  fda: text(DISK, "the floppy image"),
+  "boot-order": text("ORDER", "the drives the BIOS tries, in order: e.g. cdrom,hda,fda (or v86's number, 0x123)"),
+  memory: number("MIB", "guest RAM in MiB (a guest file's own when it gives one)", { integer: true, min: 4, max: 1920, shown: String(DEFAULT_MIB) }),
+  dirty: number("F", "the built-in guests: fraction of RAM pages the guest writes per tick", { min: 0, max: 1, default: 0.001 }),
+  hz: number("N", "the built-in v86 guest: ticks per second", { integer: true, min: 1, max: 1000, default: 20 }),
   json: flag("print JSON, one object a line"),
 } as const;
 
 /** The values of {@link GUEST_OPTIONS} that build the guest. */
-export type GuestValues = Pick<OptionValues<typeof GUEST_OPTIONS>, "guest" | "memory" | "dirty" | "hz">;
+export type GuestValues = Omit<OptionValues<typeof GUEST_OPTIONS>, "json">;
+
+/** The options that describe a v86 guest (beside --guest-file), as the guest description's keys. */
+const DESCRIBING = {
+  multiboot: "multiboot", bzimage: "bzimage", initrd: "initrd", cmdline: "cmdline", bios: "bios", "vga-bios": "vgaBios",
+  hda: "hda", hdb: "hdb", cdrom: "cdrom", fda: "fda", "boot-order": "bootOrder",
+} as const;
+/** Those whose value is a file: another process gets them as absolute paths. */
+const PATHS = new Set(["multiboot", "bzimage", "initrd", "bios", "vga-bios", "hda", "hdb", "cdrom", "fda"]);
 
 /** A machine the CLI built, and how to let it go. */
 export interface CliGuest {
   machine: Machine;
-  /** Stops the guest for good (v86: frees the emulator). */
+  /** Stops the guest for good (v86: frees the emulator; closes the guest's disk images). */
   close(): Promise<void>;
   /** The options, as arguments, that build the same guest in another process. */
   args: string[];
@@ -43,7 +68,10 @@ export interface CliGuest {
  * (the reference machine ticks every millisecond, the v86 guest --hz times a second).
  */
 export async function guestFrom(values: GuestValues): Promise<CliGuest> {
-  const { memory: mib, dirty, hz } = values;
+  const described = describedGuest(values);
+  if (described) return describedFrom(described, values);
+  const { dirty, hz } = values;
+  const mib = values.memory ?? DEFAULT_MIB;
   const args = ["--guest", values.guest, "--memory", String(mib), "--dirty", String(dirty), "--hz", String(hz)];
   const pages = (mib << 20) / 4096;
   const dirtyPages = Math.round(pages * dirty);
@@ -57,6 +85,46 @@ export async function guestFrom(values: GuestValues): Promise<CliGuest> {
     return { machine, args, stableDevices: false, close: () => machine.destroy() };
   }
   throw new TandemError(ErrorCode.BadArgument, `--guest ${values.guest}: v86 (the built-in guest in v86) or reference (no emulator)`);
+}
+
+/** The v86 guest that --guest-file and the describing flags give (the flags win), if any is given. */
+function describedGuest(values: GuestValues): GuestDescription | undefined {
+  const given = (Object.keys(DESCRIBING) as (keyof typeof DESCRIBING)[]).filter((name) => values[name] !== undefined);
+  const file = values["guest-file"];
+  if (file === undefined && given.length === 0) return undefined;
+  if (values.guest === "reference") {
+    throw new TandemError(ErrorCode.BadArgument, `--guest reference takes no ${file !== undefined ? "--guest-file" : `--${given[0]}`}: a guest file and the kernel and disk flags describe a v86 guest`);
+  }
+  const flags: Record<string, string> = {};
+  for (const name of given) flags[DESCRIBING[name]] = values[name]!;
+  if (values.memory !== undefined) flags.memory = String(values.memory);
+  return { ...(file !== undefined ? readGuestFile(file) : {}), ...guestFromFlags(flags) };
+}
+
+/** A described guest, opened and built; its arguments name every file by absolute path. */
+async function describedFrom(description: GuestDescription, values: GuestValues): Promise<CliGuest> {
+  const args = ["--guest", "v86"];
+  if (values["guest-file"] !== undefined) args.push("--guest-file", resolve(values["guest-file"]));
+  for (const name of Object.keys(DESCRIBING) as (keyof typeof DESCRIBING)[]) {
+    const value = values[name];
+    if (value !== undefined) args.push(`--${name}`, PATHS.has(name) ? resolve(value) : value);
+  }
+  if (values.memory !== undefined) args.push("--memory", String(values.memory));
+  const guest = openGuest(description);
+  let machine: V86Machine;
+  try {
+    machine = await V86Machine.create(guest.options);
+  } catch (error) {
+    guest.close();
+    throw error;
+  }
+  return {
+    machine, args, stableDevices: false,
+    close: async () => {
+      await machine.destroy();
+      guest.close();
+    },
+  };
 }
 
 /**

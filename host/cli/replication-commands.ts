@@ -57,7 +57,7 @@ const CONNECT = addressOption("where `tandem secondary --listen` runs");
 /** `tandem primary`: runs until interrupted (SIGINT/SIGTERM) or the other side is lost. */
 export const primaryCommand = defineCommand({
   name: "primary",
-  summary: "Run the built-in guest and replicate it continuously to a `tandem secondary`, which takes\nover if this process dies. The guest's output is released once the standby holds it.",
+  summary: "Run a guest (the built-in one, or one --guest-file describes) and replicate it continuously\nto a `tandem secondary` built from the same description, which takes over if this process\ndies. The guest's output is released once the standby holds it.",
   options: {
     connect: required(CONNECT),
     interval: number("MS", "take a checkpoint every MS milliseconds", { above: 0, max: 60_000, default: 25, unit: "milliseconds" }),
@@ -116,7 +116,7 @@ export const primaryCommand = defineCommand({
 /** `tandem secondary`: accepts one primary, stands by, and after a takeover runs the machine until interrupted. */
 export const secondaryCommand = defineCommand({
   name: "secondary",
-  summary: "Stand by for a `tandem primary`: hold its latest checkpoint, and take over, running the\nguest from that checkpoint, if the primary stops answering.",
+  summary: "Stand by for a `tandem primary`: hold its latest checkpoint, and take over, running the\nguest from that checkpoint, if the primary stops answering. A primary whose guest is not\nthis one (another guest file, memory, kernel...) is refused at connect.",
   options: {
     listen: required(addressOption("where to wait for the primary")),
     heartbeat: number("MS", "take over after MS milliseconds without a word from the primary", { above: 0, max: 600_000, default: 500, unit: "milliseconds" }),
@@ -153,7 +153,7 @@ export const secondaryCommand = defineCommand({
 /** `tandem migrate`: runs the guest for --run seconds, then migrates it to `tandem secondary --listen` at --connect. */
 export const migrateCommand = defineCommand({
   name: "migrate",
-  summary: "Run the built-in guest S seconds (its output then not shown), then migrate it live to a\n`tandem secondary --listen ADDR`.",
+  summary: "Run the guest S seconds (its output then not shown), then migrate it live to a\n`tandem secondary --listen ADDR`.",
   options: {
     connect: required(CONNECT),
     run: RUN,
@@ -184,7 +184,7 @@ export const saveCommand = defineCommand({
   operands: "FILE",
   minOperands: 1,
   maxOperands: 1,
-  summary: "Run the built-in guest S seconds, then save it (RAM, devices, disks) to FILE.",
+  summary: "Run the guest S seconds, then save it (RAM, devices, disks) to FILE.",
   options: { run: RUN, ...GUEST_OPTIONS },
 }, async ({ values, operands: [file] }, io) => {
   const guest = await guestFrom(values);
@@ -208,7 +208,7 @@ export const restoreCommand = defineCommand({
   operands: "FILE",
   minOperands: 1,
   maxOperands: 1,
-  summary: "Restore the built-in guest from FILE (made by `tandem save` with the same guest options)\nand run it S seconds, printing its output.",
+  summary: "Restore the guest from FILE (made by `tandem save` with the same guest options)\nand run it S seconds, printing its output.",
   options: { run: RUN, ...GUEST_OPTIONS },
 }, async ({ values, operands: [file] }, io) => {
   const guest = await guestFrom(values);
