@@ -20,6 +20,8 @@ export interface AppliedCheckpoint {
   devices: Uint8Array | undefined;
   /** The epoch's outputs, in order (copies). */
   outputs: { seq: number; channel: string; data: Uint8Array }[];
+  /** The highest output seq sealed by the primary so far, when CHECKPOINT_END carries it. */
+  lastSeq?: number;
 }
 
 /** Checks that a stream describes `machine`'s memory: same page size, same regions. */
@@ -94,7 +96,7 @@ export function applyCheckpoint(machine: Machine, records: readonly StreamRecord
     }
   }
   for (const write of writes) write();
-  return { checkpoint: end.checkpoint, generation: end.generation, devices, outputs };
+  return { checkpoint: end.checkpoint, generation: end.generation, devices, outputs, lastSeq: end.lastSeq };
 }
 
 function region(machine: Machine, index: number) {

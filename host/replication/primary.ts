@@ -148,7 +148,7 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
         epochOutputs = [];
         epochDiskWrites = [];
         writer.outputs(sealed);
-        writer.checkpointEnd(checkpoint, generation);
+        writer.checkpointEnd(checkpoint, generation, gate.lastSeq);
         const bytes = writer.take();
         options.onSuspended?.(checkpoint);
         if (!throttled) await machine.resume();

@@ -38,7 +38,7 @@ export interface ReleaseGateOptions {
 export class ReleaseGate {
   readonly #release: (output: ReleasedOutput) => void;
   readonly #lease: ReleaseLease | undefined;
-  readonly #onShut: (() => void) | undefined;
+  readonly #onShut: (() => void)[] = [];
   readonly #held: { checkpoint: number; outputs: ReleasedOutput[] }[] = [];
   #seq: number;
   #heldBytes = 0;
@@ -47,7 +47,7 @@ export class ReleaseGate {
   constructor(release: (output: ReleasedOutput) => void, options: ReleaseGateOptions = {}) {
     this.#release = release;
     this.#lease = options.lease;
-    this.#onShut = options.onShut;
+    if (options.onShut) this.#onShut.push(options.onShut);
     this.#seq = options.lastSeq ?? 0;
   }
 
@@ -109,11 +109,27 @@ export class ReleaseGate {
     return this.releaseHeld();
   }
 
+  /**
+   * Releases an output sealed elsewhere (a standby taking over continues the sequence it holds);
+   * later seals continue after its seq. False, and dropped, if the gate is shut.
+   */
+  pass(output: ReleasedOutput): boolean {
+    this.#seq = Math.max(this.#seq, output.seq);
+    this.#heldBytes += output.data.length;
+    return this.#drain([output]);
+  }
+
+  /** Calls `listener` once when the gate shuts (at once if it already has). */
+  onShut(listener: () => void): void {
+    if (this.#shut) listener();
+    else this.#onShut.push(listener);
+  }
+
   /** Shuts the gate for good (fenced): nothing more is released. */
   shut(): void {
     if (this.#shut) return;
     this.#shut = true;
-    this.#onShut?.();
+    for (const listener of this.#onShut.splice(0)) listener();
   }
 
   /** Releases `outputs` from the front, removing each one released; false if the gate shut first. */

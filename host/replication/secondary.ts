@@ -31,6 +31,13 @@ export interface StandbyOptions {
   minGeneration?: number;
   /** Where outputs go after a takeover, with sequence numbers continuing the primary's. */
   release?: (output: ReleasedOutput) => void;
+  /**
+   * Asked before taking over, with the generation of the checkpoint held: may this side run? With
+   * a witness this wins the guest's key by compare-and-swap on that generation (host/witness/).
+   * If it resolves false the machine stays paused, holding that checkpoint, and the result is
+   * "declined". Default: yes (Remus: silence means the primary is dead).
+   */
+  claim?: (generation: number) => Promise<boolean>;
   /** Resume the machine on takeover. Default true (false leaves it paused, e.g. to inspect it). */
   resume?: boolean;
   /** Cancels standing by: the replica stays paused and consistent; nothing takes over. */
@@ -43,9 +50,10 @@ export interface StandbyOptions {
 export interface StandbyResult {
   /**
    * "takeover": the primary was lost and this machine now runs; "stopped": the primary stood it
-   * down, and the machine, still paused, holds the last checkpoint whole (devices included).
+   * down, and the machine, still paused, holds the last checkpoint whole (devices included);
+   * "declined": the primary was lost but `claim` said no (it may live on, cut off from here).
    */
-  outcome: "takeover" | "stopped";
+  outcome: "takeover" | "stopped" | "declined";
   /** Why it took over: the primary was lost ("closed", "heartbeat"), or a migration handed over. */
   reason?: "closed" | "heartbeat" | "handover";
   /** The checkpoint the machine holds (0 if none). */
@@ -54,6 +62,8 @@ export interface StandbyResult {
   generation: number;
   /** Milliseconds from detecting the loss to the machine running (takeover only). */
   failoverMs?: number;
+  /** The highest output seq released or held so far: a primary continuing from here seals after it. */
+  lastSeq: number;
 }
 
 /**
@@ -135,6 +145,7 @@ export function standby(machine: Machine, transport: Transport, options: Standby
       generation = applied.generation;
       devices = applied.devices ?? devices;
       for (const o of applied.outputs) seq = Math.max(seq, o.seq);
+      seq = Math.max(seq, applied.lastSeq ?? 0); // a standby that joined a running guest continues its sequence
       ctx.report({ phase: "standing by", checkpoints: applied.checkpoint, bytes: receiver.stats.bytes });
     }, options.receiver);
     receiver.done.then(() => lost("closed"), (error: TandemError) => {
@@ -161,13 +172,17 @@ export function standby(machine: Machine, transport: Transport, options: Standby
     if (stoppedOnPurpose) {
       // Stood down: the machine stays paused, but holds the last checkpoint whole, devices too.
       if (devices) machine.restoreDevices(devices);
-      return { outcome: "stopped", checkpoint: last?.checkpoint ?? 0, generation };
+      return { outcome: "stopped", checkpoint: last?.checkpoint ?? 0, generation, lastSeq: seq };
     }
     if (broken) {
       throw new TandemError(ErrorCode.Failed, `the primary broke the protocol (${broken.message}); not taking over, the replica holds checkpoint ${last?.checkpoint ?? 0}`);
     }
     if (!last || !devices) {
       throw new TandemError(ErrorCode.PeerLost, "the primary was lost before its first checkpoint arrived: there is nothing to take over");
+    }
+    if (options.claim && !(await options.claim(last.generation))) {
+      machine.restoreDevices(devices); // paused, but whole: ready to stand by again
+      return { outcome: "declined", reason, checkpoint: last.checkpoint, generation: last.generation, lastSeq: seq };
     }
     // Take over: the last committed checkpoint's devices, and its outputs again (the primary may
     // not have lived to release them; the outside world keeps each seq once).
@@ -186,6 +201,7 @@ export function standby(machine: Machine, transport: Transport, options: Standby
       checkpoint: last.checkpoint,
       generation: last.generation,
       failoverMs: performance.now() - detected,
+      lastSeq: seq,
     };
   }, { signal: options.signal });
 }

@@ -116,7 +116,7 @@ export type StreamRecord =
   | { type: "delta-pages"; region: number; pages: { pfn: number; delta: Uint8Array }[] }
   | { type: "device-state"; device: number; data: Uint8Array }
   | { type: "disk-writes"; disk: number; writes: { offset: number; data: Uint8Array }[] }
-  | { type: "checkpoint-end"; checkpoint: number; generation: number }
+  | { type: "checkpoint-end"; checkpoint: number; generation: number; lastSeq?: number }
   | { type: "outputs"; outputs: { seq: number; channel: string; data: Uint8Array }[] }
   | { type: "end" }
   | { type: "handover" };

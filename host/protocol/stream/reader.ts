@@ -179,8 +179,10 @@ export class StreamReader {
         if (body.length !== 0) fail(`an ${name} record has no body, not ${body.length} bytes`);
         return { type: type === RecordType.End ? "end" : "handover" };
       default: // RecordType.CheckpointEnd: the type was checked against RECORD_NAMES
-        if (body.length !== 16) fail(`a ${name} record must be 16 bytes, not ${body.length}`);
-        return { type: "checkpoint-end", checkpoint: u64(view, 0), generation: u64(view, 8) };
+        if (body.length !== 16 && body.length !== 24) fail(`a ${name} record must be 16 or 24 bytes, not ${body.length}`);
+        return body.length === 24
+          ? { type: "checkpoint-end", checkpoint: u64(view, 0), generation: u64(view, 8), lastSeq: u64(view, 16) }
+          : { type: "checkpoint-end", checkpoint: u64(view, 0), generation: u64(view, 8) };
     }
   }
 

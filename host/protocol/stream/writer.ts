@@ -185,10 +185,11 @@ export class StreamWriter {
   }
 
   /** Ends the checkpoint: everything since the previous end is one consistent state. */
-  checkpointEnd(checkpoint: number, generation: number): void {
-    const body = this.#record(RecordType.CheckpointEnd, 16);
+  checkpointEnd(checkpoint: number, generation: number, lastSeq?: number): void {
+    const body = this.#record(RecordType.CheckpointEnd, lastSeq === undefined ? 16 : 24);
     this.#u64(body, checkpoint);
     this.#u64(body + 8, generation);
+    if (lastSeq !== undefined) this.#u64(body + 16, lastSeq);
   }
 
   /** The bytes written since the last take (a new array); the writer starts empty again. */
