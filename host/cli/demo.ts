@@ -10,6 +10,9 @@
  */
 
 import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ErrorCode, TandemError } from "../errors.ts";
 import { disksDigest, stateDigest } from "../machine/state-digest.ts";
@@ -99,8 +102,12 @@ async function runDemo(values: DemoValues, io: Output): Promise<number> {
     if (!values.json && !tty) io.out(text.replace(/\n$/, ""));
   };
 
-  // The standby, here.
-  const guest = await guestFrom(values);
+  // The standby, here, with its own images of the guest's writable disks (the primary writes those the guest file names).
+  const ownDisks = mkdtempSync(join(tmpdir(), "tandem-demo-standby-"));
+  const guest = await guestFrom(values, { ownDisksIn: ownDisks }).catch((error: unknown) => {
+    rmSync(ownDisks, { recursive: true, force: true });
+    throw error;
+  });
   const machine = guest.machine;
   let accept!: (t: SocketTransport) => void;
   const accepted = new Promise<SocketTransport>((resolve) => (accept = resolve));
@@ -190,6 +197,7 @@ async function runDemo(values: DemoValues, io: Output): Promise<number> {
   await guest.close();
   child.kill("SIGKILL");
   await childExit;
+  rmSync(ownDisks, { recursive: true, force: true });
   status("");
 
   const released = new CounterLog();

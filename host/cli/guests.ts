@@ -6,7 +6,8 @@
  * guest file or the kernel, firmware and disk flags describe (host/emulators/v86/guest-description.ts).
  */
 
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
+import { createImage } from "../disk/registry.ts";
 import { guestFromFlags, openGuest, readGuestFile, type GuestDescription } from "../emulators/v86/guest-description.ts";
 import { V86Machine } from "../emulators/v86/v86-machine.ts";
 import { ErrorCode, TandemError } from "../errors.ts";
@@ -51,6 +52,8 @@ const DESCRIBING = {
 } as const;
 /** Those whose value is a file: another process gets them as absolute paths. */
 const PATHS = new Set(["multiboot", "bzimage", "initrd", "bios", "vga-bios", "hda", "hdb", "cdrom", "fda"]);
+/** The drives a guest writes to, unless opened read-only (a CD-ROM never is written). */
+const WRITABLE_SLOTS = ["hda", "hdb", "fda"] as const;
 
 /** A machine the CLI built, and how to let it go. */
 export interface CliGuest {
@@ -63,13 +66,23 @@ export interface CliGuest {
   stableDevices: boolean;
 }
 
+/** How {@link guestFrom} builds the guest. */
+export interface GuestFromOptions {
+  /**
+   * Give a described guest fresh images of its writable disks in this folder (raw, of the same
+   * sizes) instead of the images the description names: a standby on its primary's own host must
+   * not write the primary's images. Its first checkpoint brings it their contents.
+   */
+  ownDisksIn?: string;
+}
+
 /**
  * Builds the guest the options name. --dirty is the fraction of RAM pages written per tick
  * (the reference machine ticks every millisecond, the v86 guest --hz times a second).
  */
-export async function guestFrom(values: GuestValues): Promise<CliGuest> {
+export async function guestFrom(values: GuestValues, options: GuestFromOptions = {}): Promise<CliGuest> {
   const described = describedGuest(values);
-  if (described) return describedFrom(described, values);
+  if (described) return describedFrom(options.ownDisksIn === undefined ? described : withOwnDisks(described, options.ownDisksIn), values);
   const { dirty, hz } = values;
   const mib = values.memory ?? DEFAULT_MIB;
   const args = ["--guest", values.guest, "--memory", String(mib), "--dirty", String(dirty), "--hz", String(hz)];
@@ -99,6 +112,31 @@ function describedGuest(values: GuestValues): GuestDescription | undefined {
   for (const name of given) flags[DESCRIBING[name]] = values[name]!;
   if (values.memory !== undefined) flags.memory = String(values.memory);
   return { ...(file !== undefined ? readGuestFile(file) : {}), ...guestFromFlags(flags) };
+}
+
+/** `description` with each writable disk replaced by a new raw image of its size in `folder`. */
+function withOwnDisks(description: GuestDescription, folder: string): GuestDescription {
+  // Opened read-only only to check every file and learn the sizes; nothing of the primary's is written.
+  const readOnly: GuestDescription = { ...description };
+  for (const slot of WRITABLE_SLOTS) {
+    const d = description[slot];
+    if (d) readOnly[slot] = { ...d, readOnly: true };
+  }
+  const probe = openGuest(readOnly);
+  const own: GuestDescription = { ...description };
+  try {
+    for (const slot of WRITABLE_SLOTS) {
+      const d = description[slot];
+      const disk = probe.options[slot];
+      if (!d || d.readOnly || !disk) continue;
+      const path = join(folder, `${slot}.raw`);
+      createImage(path, "raw", { size: disk.size });
+      own[slot] = { path, format: "raw" };
+    }
+  } finally {
+    probe.close();
+  }
+  return own;
 }
 
 /** A described guest, opened and built; its arguments name every file by absolute path. */

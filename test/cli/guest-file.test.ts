@@ -1,11 +1,12 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { runCli } from "../../host/cli/commands.ts";
+import { createImage } from "../../host/disk/registry.ts";
 import { selfCommand } from "../../host/runtime/self-command.ts";
 import { until } from "../support/session.ts";
 
@@ -14,12 +15,13 @@ const dir = mkdtempSync(join(tmpdir(), "tandem-guest-cli-"));
 const MAIN = fileURLToPath(new URL("../../host/cli/main.ts", import.meta.url));
 const COUNTER = fileURLToPath(new URL("../../guest/counter/counter.bin", import.meta.url));
 
-/** A guest file for the built-in counter guest, booted as any multiboot kernel. */
+/** A guest file for the built-in counter guest, booted as any multiboot kernel, with a disk image for the sectors it stamps. */
 function guestFile(name: string, memory: number, extra: object = {}): string {
   const path = join(dir, name);
-  writeFileSync(path, JSON.stringify({ multiboot: COUNTER, cmdline: "hz=50 dirty=4 disk=1", memory, ...extra }));
+  writeFileSync(path, JSON.stringify({ multiboot: COUNTER, cmdline: "hz=50 dirty=4 disk=1", memory, hda: "counter.raw", ...extra }));
   return path;
 }
+createImage(join(dir, "counter.raw"), "raw", { size: 256 * 1024 });
 
 async function cli(...args: string[]): Promise<{ code: number; out: string[]; err: string }> {
   const out: string[] = [];
@@ -77,7 +79,7 @@ test("a bad guest file or guest flag: E_GUEST_FILE naming the field, exit 2, no 
 
 test("save and restore from a guest file; a restore into another guest is refused, naming what differs", async () => {
   const image = join(dir, "counter.image");
-  const saved = await cli("save", image, "--guest-file", guestFile("guest8.json", 8), "--run", "0.5", "--json");
+  const saved = await cli("save", image, "--guest-file", guestFile("guest8.json", 8), "--run", "1.5", "--json");
   assert.is(saved.code, 0, saved.err);
   const at = JSON.parse(saved.out[0]).counter as number;
   assert.ok(at > 0, `saved at counter ${at}`);
@@ -85,7 +87,7 @@ test("save and restore from a guest file; a restore into another guest is refuse
   assert.is(restored.code, 0, restored.err);
   assert.is(JSON.parse(restored.out[0]).firstOutput, at + 1, "the restored guest goes on from the saved counter");
   // The same guest from flags instead of a file is the same guest.
-  const flags = await cli("restore", image, "--multiboot", COUNTER, "--cmdline", "hz=50 dirty=4 disk=1", "--memory", "8", "--run", "0.1", "--json");
+  const flags = await cli("restore", image, "--multiboot", COUNTER, "--cmdline", "hz=50 dirty=4 disk=1", "--memory", "8", "--hda", join(dir, "counter.raw"), "--run", "0.1", "--json");
   assert.is(flags.code, 0, flags.err);
   const other = await cli("restore", image, "--guest-file", guestFile("guest16.json", 16, { cmdline: "hz=50 dirty=5 disk=1" }), "--run", "0.1");
   assert.is(other.code, 1, other.err);
@@ -110,6 +112,27 @@ test("two processes: a secondary built from another guest file refuses the prima
   assert.is(primary.code, 1, primary.err);
   assert.match(primary.err, "tandem: E_GUEST_MISMATCH: the standby refused this guest");
   assert.match(primary.err, "memory 16 MiB");
+});
+
+test("demo with a guest file naming a disk image: the standby writes its own image, takes over, and the disk holds", async () => {
+  const image = join(dir, "primary-disk.raw");
+  createImage(image, "raw", { size: 256 * 1024 });
+  const file = guestFile("demo.json", 8, { hda: { path: "primary-disk.raw", format: "raw" } });
+  const out: string[] = [];
+  const err: string[] = [];
+  const code = await runCli(["demo", "--json", "--guest-file", file, "--interval", "20", "--duration", "3", "--kill-after", "1.5"], {
+    out: (l) => out.push(l), err: (l) => err.push(l),
+  });
+  const summary = JSON.parse(out[out.length - 1]) as Record<string, unknown>;
+  assert.is(code, 0, `${JSON.stringify(summary)} ${err.join("\n")}`);
+  assert.is(summary.ok, true);
+  assert.ok(typeof summary.failover_ms === "number", "a takeover happened");
+  assert.is(summary.output_gaps, 0);
+  assert.is(summary.output_duplicates, 0);
+  assert.is(summary.disk_at_takeover_verified, true, "the standby's own image held the checkpoint's disk");
+  // The primary process wrote the image the file names: the guest stamps its sectors.
+  const written = readFileSync(image);
+  assert.ok(written.some((b) => b !== 0), "the primary's image holds the guest's writes");
 });
 
 test.after(() => rmSync(dir, { recursive: true, force: true }));

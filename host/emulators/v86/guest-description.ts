@@ -200,7 +200,7 @@ export function openGuest(description: GuestDescription): OpenedGuest {
     if (description.bootOrder !== undefined) options.bootOrder = description.bootOrder;
     if (description.network !== undefined) options.network = description.network;
     if (options.initrd) {
-      const needMiB = INITRD_ADDRESS_MIB + Math.ceil(options.initrd.length / MIB) + 1;
+      const needMiB = INITRD_ADDRESS_MIB + Math.floor(options.initrd.length / MIB) + 1;
       const haveMiB = description.memory ?? 32; // V86Machine's default
       if (haveMiB < needMiB) {
         throw bad(where("memory"), `is ${haveMiB} MiB, but v86 loads the initrd (${(options.initrd.length / MIB).toFixed(1)} MiB) at 64 MiB: give at least ${needMiB}`);
