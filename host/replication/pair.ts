@@ -243,7 +243,10 @@ export async function runStandbySide(machine: Machine, options: StandbySideOptio
     } catch (error) {
       if (signal.aborted) return { outcome: "stopped" };
       state.apply(PairEvent.Rejoined);
-      notice(`the primary went away with nothing to take over (${error instanceof Error ? error.message : String(error)}); waiting for it again`);
+      const why = error instanceof Error ? error.message : String(error);
+      notice(error instanceof TandemError && error.code === ErrorCode.GuestMismatch
+        ? `refused a primary built from another guest description, having applied nothing (${why}); waiting for one built like this standby`
+        : `the primary went away with nothing to take over (${why}); waiting for it again`);
       continue;
     }
     minGeneration = Math.max(minGeneration, result.generation);

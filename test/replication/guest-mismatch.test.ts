@@ -8,9 +8,11 @@ import { ReferenceMachine } from "../../host/machine/reference-machine.ts";
 import { connect, listen, type SocketTransport } from "../../host/protocol/socket-transport.ts";
 import { memoryPair, type Transport } from "../../host/protocol/transport.ts";
 import { migrate } from "../../host/replication/migrate.ts";
+import { runStandbySide } from "../../host/replication/pair.ts";
 import { replicate } from "../../host/replication/primary.ts";
 import { standby } from "../../host/replication/secondary.ts";
 import { bytesEqual } from "../support/flavors.ts";
+import { until } from "../support/session.ts";
 
 const test = suite("a standby whose guest differs is refused at connect, before anything is applied");
 const MIB = 1 << 20;
@@ -92,6 +94,33 @@ test("a reference primary and a v86 standby: every differing field is listed", a
     primary.pause();
     await secondary.destroy();
   }
+});
+
+test("a pair's standby side refuses a primary built differently, and stands by for the next one", async () => {
+  const secondary = new ReferenceMachine({ memoryBytes: MIB, diskBytes: 64 * 1024 });
+  const wrong = new ReferenceMachine({ memoryBytes: 2 * MIB, diskBytes: 64 * 1024 });
+  const right = new ReferenceMachine({ memoryBytes: MIB, diskBytes: 64 * 1024 });
+  const [wrongEnd, wrongLink] = memoryPair();
+  const [rightEnd, rightLink] = memoryPair();
+  const queue: Transport[] = [wrongLink, rightLink];
+  const notices: string[] = [];
+  let applied = 0;
+  const side = runStandbySide(secondary, {
+    primaries: () => queue.length > 0 ? Promise.resolve(queue.shift()!) : new Promise<Transport>(() => {}),
+    release: () => {},
+    onNotice: (n) => notices.push(n.message),
+    onStandby: (op) => op.onProgress((p) => void (applied = p.checkpoints ?? 0)),
+  });
+  const refused = await failure(replicate(wrong, wrongEnd, { intervalMs: 5 }).promise);
+  assert.is(refused.code, ErrorCode.GuestMismatch);
+  const good = replicate(right, rightEnd, { intervalMs: 5 });
+  await until(() => applied >= 3, 10_000);
+  assert.ok(notices.some((m) => m.startsWith("refused a primary built from another guest description") && m.includes("memory: primary 2 MiB, standby 1 MiB")), notices.join("\n"));
+  good.abort(); // END: the standby stands down
+  assert.is((await side).outcome, "stopped");
+  await good.promise.catch(() => {});
+  wrong.pause();
+  right.pause();
 });
 
 test.run();
