@@ -23,6 +23,7 @@ import { isSharedMemory, type WasmFlavor } from "../wasm/loader.ts";
 import { compareHelper, type CompareHelper } from "./compare-helper.ts";
 import { DirtyLogBase } from "./dirty-log.ts";
 import { PAGE_SIZE, type GuestMemory } from "./guest-memory.ts";
+import type { PagesInHeap } from "./page-gather.ts";
 import { RamAccess } from "./ram-access.ts";
 
 /**
@@ -118,6 +119,11 @@ export class DetectingDirtyLog extends DirtyLogBase {
   shadow(): Uint8Array {
     const { heap } = this.#access;
     return heap.u8.subarray(this.#shadow, this.#shadow + this.#guest.size);
+  }
+
+  /** Where {@link shadow} lies in its heap, for kernels that read it in place (a page gatherer). */
+  shadowPages(): PagesInHeap {
+    return { heap: this.#access.heap, ptr: this.#shadow, pageCount: this.pageCount };
   }
 
   #takeAll(): Uint32Array {

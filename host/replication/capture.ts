@@ -7,6 +7,7 @@ import type { Machine } from "../machine/machine.ts";
 import { DetectingDirtyLog } from "../memory/detecting-dirty-log.ts";
 import type { DirtyLog } from "../memory/dirty-log.ts";
 import { PAGE_SIZE } from "../memory/guest-memory.ts";
+import { PageGatherer } from "../memory/page-gather.ts";
 import { ZeroPageFinder } from "../memory/zero-pages.ts";
 import { PageDeltaCodec } from "../protocol/page-delta.ts";
 import type { StreamWriter } from "../protocol/stream/writer.ts";
@@ -21,22 +22,21 @@ export interface DiskWrite {
 const DISK_CHUNK = 1 << 20;
 
 /**
- * The dirty logs of a machine's regions (its own, or detecting ones) and their zero-page finders.
+ * The dirty logs of a machine's regions (its own, or detecting ones) and their page gatherers.
  * With compression it also keeps, per region, the image the receiver holds, and sends a changed
  * page as a delta against it when that is smaller (Remus kept such a cache too; this one is the
  * whole of RAM, so compression doubles the memory replication uses).
  */
 export class MemoryCapture {
-  readonly #machine: Machine;
   readonly #logs: DirtyLog[];
-  readonly #zeros: ZeroPageFinder[];
+  readonly #gatherers: PageGatherer[];
   readonly #sent: Uint8Array[] | undefined;
   readonly #codec: PageDeltaCodec | undefined;
 
   constructor(machine: Machine, options: { compression?: boolean } = {}) {
-    this.#machine = machine;
     this.#logs = machine.memory.map((region, i) => machine.dirtyLogs[i] ?? new DetectingDirtyLog(region));
-    this.#zeros = machine.memory.map((region) => new ZeroPageFinder(region));
+    // A detecting log's shadow holds the pages as collected, even if the guest runs meanwhile.
+    this.#gatherers = this.#logs.map((log, i) => new PageGatherer(log instanceof DetectingDirtyLog ? log.shadowPages() : machine.memory[i]));
     if (options.compression) {
       this.#sent = machine.memory.map((region) => new Uint8Array(region.size));
       this.#codec = new PageDeltaCodec();
@@ -50,7 +50,8 @@ export class MemoryCapture {
 
   /**
    * Writes the pages dirtied since the last capture (all of them the first time) as PAGES and
-   * ZERO_PAGES records, copying their bytes now. Returns how many pages, and how many were zero.
+   * ZERO_PAGES records (DELTA_PAGES too with compression), copying their bytes now, each page
+   * once. Returns how many pages, and how many were zero or went as deltas.
    */
   capture(writer: StreamWriter): { pages: number; zeroPages: number; deltaPages: number } {
     let pages = 0;
@@ -58,30 +59,46 @@ export class MemoryCapture {
     let deltaPages = 0;
     this.#logs.forEach((log, region) => {
       const dirty = log.collect();
-      const zero = new Set(this.#zeros[region].find(dirty));
-      const source = log instanceof DetectingDirtyLog ? log.shadow() : this.#machine.memory[region].bytes();
-      const page = (pfn: number) => source.subarray(pfn * PAGE_SIZE, (pfn + 1) * PAGE_SIZE);
-      let full = dirty.filter((p) => !zero.has(p));
+      const zero = new Uint32Array(dirty.length);
+      let zeros = 0;
       const sent = this.#sent?.[region];
-      if (sent) {
-        const deltas: { pfn: number; delta: Uint8Array }[] = [];
-        full = full.filter((pfn) => {
-          const delta = this.#codec!.encode(sent.subarray(pfn * PAGE_SIZE, (pfn + 1) * PAGE_SIZE), page(pfn));
-          sent.set(page(pfn), pfn * PAGE_SIZE);
-          if (delta === undefined) return true;
-          deltas.push({ pfn, delta });
-          return false;
-        });
-        for (const pfn of zero) sent.fill(0, pfn * PAGE_SIZE, (pfn + 1) * PAGE_SIZE);
-        writer.deltaPages(region, deltas);
-        deltaPages += deltas.length;
-      }
-      writer.pages(region, full, page);
-      writer.zeroPages(region, [...zero]);
+      this.#gatherers[region].gather(dirty, (full, bytes, zeroed) => {
+        zero.set(zeroed, zeros);
+        zeros += zeroed.length;
+        if (sent) deltaPages += this.#writeCompressed(writer, region, sent, full, bytes, zeroed);
+        else if (full.length > 0) writer.pagesFrom(region, full, bytes);
+      });
+      writer.zeroPages(region, zero.subarray(0, zeros));
       pages += dirty.length;
-      zeroPages += zero.size;
+      zeroPages += zeros;
     });
     return { pages, zeroPages, deltaPages };
+  }
+
+  /**
+   * Writes one window of gathered pages as deltas against `sent` (the receiver's image) where
+   * that is smaller, the rest as full pages, and brings `sent` up to date. Returns the deltas.
+   */
+  #writeCompressed(writer: StreamWriter, region: number, sent: Uint8Array, full: Uint32Array, bytes: Uint8Array, zeroed: Uint32Array): number {
+    const deltas: { pfn: number; delta: Uint8Array }[] = [];
+    const whole = new Uint32Array(full.length);
+    let kept = 0;
+    full.forEach((pfn, i) => {
+      const page = bytes.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
+      const delta = this.#codec!.encode(sent.subarray(pfn * PAGE_SIZE, (pfn + 1) * PAGE_SIZE), page);
+      sent.set(page, pfn * PAGE_SIZE);
+      if (delta !== undefined) {
+        deltas.push({ pfn, delta });
+        return;
+      }
+      // Pages that stay whole move up over the ones sent as deltas (the window is ours to reuse).
+      bytes.copyWithin(kept * PAGE_SIZE, i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
+      whole[kept++] = pfn;
+    });
+    for (const pfn of zeroed) sent.fill(0, pfn * PAGE_SIZE, (pfn + 1) * PAGE_SIZE);
+    writer.deltaPages(region, deltas);
+    writer.pagesFrom(region, whole.subarray(0, kept), bytes.subarray(0, kept * PAGE_SIZE));
+    return deltas.length;
   }
 }
 

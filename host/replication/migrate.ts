@@ -93,7 +93,7 @@ export function migrate(machine: Machine, transport: Transport, options: Migrate
       writer.outputs(released);
       released = [];
       writer.checkpointEnd(iterations + 1, 0);
-      const data = writer.take();
+      const data = writer.takeView(); // sent and acknowledged before the next round writes again
       if (final) options.onStopped?.();
       const sent = performance.now();
       await peerCall("destination", sendTransaction(sender, data));

@@ -149,7 +149,7 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
         epochDiskWrites = [];
         writer.outputs(sealed);
         writer.checkpointEnd(checkpoint, generation, gate.lastSeq);
-        const bytes = writer.take();
+        const bytes = writer.takeView(); // sent and acknowledged before the next capture writes again
         options.onSuspended?.(checkpoint);
         if (!throttled) await machine.resume();
         options.onResumed?.(checkpoint);

@@ -11,6 +11,7 @@ import { instantiateKernels, simdSupported } from "./loader.ts";
 import { bitmapCount, bitmapMark, bitmapScan, bitmapScanClear } from "./twin/bitmap.ts";
 import { pagesCompare, pagesCompareCopy } from "./twin/compare.ts";
 import { BAD_INDEX, pagesZero } from "./twin/zero.ts";
+import { pagesGather } from "./twin/gather.ts";
 import { frameDecode, frameEncode } from "./twin/frame.ts";
 import { DELTA_TOO_LARGE, deltaDecode, deltaEncode } from "./twin/delta.ts";
 import { RING_OVERFLOW, blkifParse } from "./twin/blkif.ts";
@@ -50,6 +51,12 @@ export interface Kernels {
   pagesCompareCopy(ram: number, shadow: number, pages: number, out: number): number;
   /** Writes the all-zero pages among `count` listed indices at `out`; returns the count or {@link BAD_INDEX}. */
   pagesZero(ram: number, pages: number, list: number, count: number, out: number): number;
+  /**
+   * Copies the listed pages that are not all zero back to back at `out` with their indices at
+   * `full`, and writes the zero ones' indices at `zeros`, both in list order; returns how many
+   * were copied (the rest were zero), or {@link BAD_INDEX}. See assembly/gather.ts.
+   */
+  pagesGather(ram: number, pages: number, list: number, count: number, out: number, full: number, zeros: number): number;
   /** Writes a transaction frame (header + payload) at `out`; returns its size. See assembly/frame.ts. */
   frameEncode(out: number, cmd: number, id: number, seq: number, payload: number, len: number): number;
   /** Decodes a piece of a frame stream, continuing from `state`; returns the number of events. */
@@ -107,6 +114,7 @@ function wasmKernels(heap: Heap, flavor: "simd" | "scalar"): Kernels {
     pagesCompare: (ram, shadow, pages, out) => e.pages_compare(ram, shadow, pages, out) >>> 0,
     pagesCompareCopy: (ram, shadow, pages, out) => e.pages_compare_copy(ram, shadow, pages, out) >>> 0,
     pagesZero: (ram, pages, list, count, out) => e.pages_zero(ram, pages, list, count, out) >>> 0,
+    pagesGather: (ram, pages, list, count, out, full, zeros) => e.pages_gather(ram, pages, list, count, out, full, zeros) >>> 0,
     frameEncode: (out, cmd, id, seq, payload, len) => e.frame_encode(out, cmd, id, seq, payload, len) >>> 0,
     frameDecode: (state, input, len, events, maxEvents, maxPayload, stopMask) =>
       e.frame_decode(state, input, len, events, maxEvents, maxPayload, stopMask) >>> 0,
@@ -127,6 +135,7 @@ function twinKernels(heap: Heap): Kernels {
     pagesCompare: (ram, shadow, pages, out) => pagesCompare(heap, ram, shadow, pages, out),
     pagesCompareCopy: (ram, shadow, pages, out) => pagesCompareCopy(heap, ram, shadow, pages, out),
     pagesZero: (ram, pages, list, count, out) => pagesZero(heap, ram, pages, list, count, out),
+    pagesGather: (ram, pages, list, count, out, full, zeros) => pagesGather(heap, ram, pages, list, count, out, full, zeros),
     frameEncode: (out, cmd, id, seq, payload, len) => frameEncode(heap, out, cmd, id, seq, payload, len),
     frameDecode: (state, input, len, events, maxEvents, maxPayload, stopMask) =>
       frameDecode(heap, state, input, len, events, maxEvents, maxPayload, stopMask),

@@ -23,6 +23,7 @@ export interface KernelExports {
   pages_compare(ram: number, shadow: number, pages: number, out: number): number;
   pages_compare_copy(ram: number, shadow: number, pages: number, out: number): number;
   pages_zero(ram: number, pages: number, list: number, count: number, out: number): number;
+  pages_gather(ram: number, pages: number, list: number, count: number, out: number, full: number, zeros: number): number;
   frame_encode(out: number, cmd: number, id: number, seq: number, payload: number, len: number): number;
   frame_decode(state: number, input: number, len: number, events: number, maxEvents: number, maxPayload: number, stopMask: number): number;
   delta_encode(prev: number, next: number, size: number, out: number, limit: number): number;

@@ -97,6 +97,25 @@ export class StreamWriter {
     }
   }
 
+  /**
+   * Full pages whose bytes lie back to back in `data`, in list order (as a page gatherer leaves
+   * them): one copy for the whole record.
+   */
+  pagesFrom(region: number, pfns: ArrayLike<number>, data: Uint8Array): void {
+    const size = this.#header.pageSize;
+    this.#checkPfns(region, pfns);
+    if (data.length !== pfns.length * size) {
+      throw new TandemError(ErrorCode.BadArgument, `${data.length} bytes for ${pfns.length} pages of ${size}`);
+    }
+    const listEnd = padTo(8 + pfns.length * 4, 8);
+    const body = this.#record(RecordType.Pages, listEnd + data.length);
+    this.#view.setUint32(body, region, true);
+    this.#view.setUint32(body + 4, pfns.length, true);
+    for (let i = 0; i < pfns.length; i++) this.#view.setUint32(body + 8 + i * 4, pfns[i], true);
+    this.#bytes.fill(0, body + 8 + pfns.length * 4, body + listEnd);
+    this.#bytes.set(data, body + listEnd);
+  }
+
   /** Pages that are all zero. */
   zeroPages(region: number, pfns: ArrayLike<number>): void {
     this.#checkPfns(region, pfns);
@@ -195,6 +214,17 @@ export class StreamWriter {
   /** The bytes written since the last take (a new array); the writer starts empty again. */
   take(): Uint8Array {
     const out = this.#bytes.slice(0, this.#length);
+    this.#length = 0;
+    return out;
+  }
+
+  /**
+   * The bytes written since the last take as a view of the writer's own buffer, which the next
+   * write reuses: no copy, and no new memory to fault in. For a caller that is done with the
+   * bytes (sent and acknowledged) before it writes again.
+   */
+  takeView(): Uint8Array {
+    const out = this.#bytes.subarray(0, this.#length);
     this.#length = 0;
     return out;
   }
