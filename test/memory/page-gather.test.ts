@@ -51,12 +51,14 @@ test("the kernel copies the listed non-zero pages back to back and lists both ki
   }
 });
 
-test("the kernel refuses a page index past the end", () => {
-  const image = new Uint8Array(3 * PAGE_SIZE + 64 + PAGE_SIZE);
-  const list = 3 * PAGE_SIZE;
-  new Uint32Array(image.buffer, list, 3).set([0, 3, 1]);
-  const { result } = agree(image, (k) => k.pagesGather(0, 3, list, 3, list + 64, list + 16, list + 32), "bad index", { from: 0, to: 0 });
-  assert.is(result, BAD_INDEX);
+test("the kernel refuses a page index past the end, in a group of four or in the pages after the last group", () => {
+  for (const listed of [[0, 3, 1, 2, 1], [0, 1, 2, 0, 3]]) {
+    const list = 3 * PAGE_SIZE;
+    const image = new Uint8Array(list + 64 + 5 * PAGE_SIZE);
+    new Uint32Array(image.buffer, list, listed.length).set(listed);
+    const { result } = agree(image, (k) => k.pagesGather(0, 3, list, listed.length, list + 64, list + 20, list + 40), `bad index in ${listed}`, { from: 0, to: 0 });
+    assert.is(result, BAD_INDEX, `${listed}`);
+  }
 });
 
 /** What a gatherer reports for `list`: every window's three parts, joined. */
