@@ -47,7 +47,8 @@ export function rebuildRefcounts(file: BlockFile, scan: Scan): Rebuilt {
   const oldStructure = new Set(scan.refcountStructure);
   const beyondEnd = new Map(scan.beyondEnd);
   for (const cluster of scan.refcountStructure) {
-    if (cluster < slots && refcounts[cluster] > 0) refcounts[cluster]--;
+    // A count that overflowed stays at the maximum: it was at least one more than that.
+    if (cluster < slots && refcounts[cluster] > 0 && !scan.overflowed.has(cluster)) refcounts[cluster]--;
     const beyond = beyondEnd.get(cluster);
     if (beyond !== undefined) beyondEnd.set(cluster, beyond - 1);
   }

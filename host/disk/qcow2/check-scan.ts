@@ -29,7 +29,7 @@ import {
   l2Kind,
   l2ReservedBitsSet,
 } from "./l2-entry.ts";
-import { readRefcount } from "./refcount-entry.ts";
+import { readRefcountSaturating } from "./refcount-entry.ts";
 
 /** One refcount per host cluster, in an element type wide enough for the image's refcount width. */
 export type RefcountArray = Uint8Array | Uint16Array | Uint32Array | Float64Array;
@@ -63,6 +63,8 @@ export interface Scan {
    * cluster, for clusters a rebuild could reach: it must not put its structures there.
    */
   beyondEnd: Map<number, number>;
+  /** Clusters with more references than the refcount width can count (their `references` is the maximum). */
+  overflowed: Set<number>;
   /** The refcount table has entries that cannot be used as they are (a rebuild is needed). */
   structureDamaged: boolean;
   /** Some stored refcount differs from the references. */
@@ -129,6 +131,8 @@ class References {
   readonly counts: RefcountArray;
   /** References past the end of the file, by cluster, up to {@link beyondLimit}. */
   readonly beyondEnd = new Map<number, number>();
+  /** Clusters whose count stopped at the maximum. */
+  readonly overflowed = new Set<number>();
   readonly #beyondLimit: number;
   readonly #geometry: Qcow2Geometry;
   readonly #fileSize: number;
@@ -168,6 +172,7 @@ class References {
         counts[c] += times;
       } else {
         counts[c] = max;
+        this.overflowed.add(c);
         this.#findings.error(() => `ERROR cluster ${c} (${describe(what)}) is referenced more than ${max} times: refcount overflow`, times - room);
       }
     }
@@ -213,6 +218,7 @@ export function scanImage(file: BlockFile, header: Qcow2Header): Scan {
     storedRefcount: stored.refcountOf,
     refcountStructure: structure.clusters,
     beyondEnd: references.beyondEnd,
+    overflowed: references.overflowed,
     structureDamaged: structure.damaged,
     refcountsDiffer,
     highestCluster,
@@ -386,16 +392,14 @@ function readStoredRefcounts(file: BlockFile, geo: Qcow2Geometry, slots: number,
   const perBlock = geo.refcountBlockEntries;
   const refcounts = refcountArray(geo.refcountBits, slots, file.path);
   const block = new Uint8Array(geo.clusterSize);
-  const source = (index: number) => `${file.path}: refcount block ${index}`;
   const covering = Math.min(blockOffsets.length, Math.ceil(slots / perBlock));
   for (let index = 0; index < covering; index++) {
     if (blockOffsets[index] === 0) continue;
     block.fill(0);
     file.read(blockOffsets[index], block);
     const base = index * perBlock;
-    const where = source(index);
     const n = Math.min(perBlock, slots - base);
-    for (let k = 0; k < n; k++) refcounts[base + k] = readRefcount(block, k, geo.refcountBits, where);
+    for (let k = 0; k < n; k++) refcounts[base + k] = readRefcountSaturating(block, k, geo.refcountBits);
   }
   let cachedIndex = -1;
   const refcountOf = (cluster: number): number => {
@@ -407,7 +411,7 @@ function readStoredRefcounts(file: BlockFile, geo: Qcow2Geometry, slots: number,
       file.read(blockOffsets[index], block);
       cachedIndex = index;
     }
-    return readRefcount(block, cluster % perBlock, geo.refcountBits, source(index));
+    return readRefcountSaturating(block, cluster % perBlock, geo.refcountBits);
   };
   return { refcounts, refcountOf };
 }

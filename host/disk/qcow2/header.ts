@@ -237,7 +237,9 @@ export function parseHeader(head: Uint8Array, fileSize: number, name: string): Q
   if (header.l1Size < l1EntriesFor(header.size, clusterBits)) {
     throw bad(`L1 table of ${header.l1Size} entries is too small for a ${header.size}-byte disk`);
   }
-  if (header.l1Size > 0) within(header.l1TableOffset, header.l1Size * 8, "L1 table");
+  // An L1 table cut off by the end of the file (a truncated image) still parses, for a check and
+  // repair; opening the image checks it lies in the file before allocating it.
+  if (header.l1Size > 0 && header.l1TableOffset % clusterSize !== 0) throw bad(`L1 table offset ${header.l1TableOffset} is not cluster-aligned`);
   if (header.refcountTableClusters === 0) throw bad("the refcount table is empty");
   if (header.refcountTableClusters * clusterSize > MAX_REFCOUNT_TABLE_BYTES) {
     throw bad(`refcount table of ${header.refcountTableClusters} clusters is over QEMU's ${MAX_REFCOUNT_TABLE_BYTES}-byte limit`);

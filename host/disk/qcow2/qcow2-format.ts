@@ -34,6 +34,9 @@ function openQcow2(file: BlockFile, context: FormatOpenContext): Disk {
       throw new TandemError(ErrorCode.DiskFormat, `${file.path} was not closed cleanly and its repair left ${report.errors} error(s); run qemu-img check -r all on it`);
     }
   }
+  if (header.l1TableOffset + header.l1Size * ENTRY_BYTES > file.size()) {
+    throw new TandemError(ErrorCode.DiskFormat, `${file.path}: L1 table (${header.l1Size * ENTRY_BYTES} bytes at ${header.l1TableOffset}) lies past the end of the ${file.size()}-byte file (a truncated image; tandem img check shows what is left)`);
+  }
   const l1 = new Uint8Array(header.l1Size * ENTRY_BYTES);
   readExact(file, header.l1TableOffset, l1, "L1 table");
   let refcountTable: Uint8Array | null = null;

@@ -72,6 +72,18 @@ export function readRefcount(block: Uint8Array, index: number, refcountBits: num
 }
 
 /**
+ * As {@link readRefcount}, but a 64-bit entry above Number.MAX_SAFE_INTEGER reads as
+ * Number.MAX_SAFE_INTEGER: for a check, which reports a wrong refcount rather than stopping at it
+ * (a "refcount block" that is really an L2 table or data is full of such values).
+ */
+export function readRefcountSaturating(block: Uint8Array, index: number, refcountBits: number): number {
+  if (refcountBits === 64 && block[index * 8] * 0x100_0000 + ((block[index * 8 + 1] << 16) | (block[index * 8 + 2] << 8) | block[index * 8 + 3]) > MAX_SAFE_HIGH) {
+    return Number.MAX_SAFE_INTEGER;
+  }
+  return readRefcount(block, index, refcountBits);
+}
+
+/**
  * Stores `value` at entry `index` of `block` (entries `refcountBits` wide), leaving every other
  * entry untouched. A value that is not an integer in 0..2^refcountBits - 1 (at most
  * Number.MAX_SAFE_INTEGER) fails with E_OUT_OF_RANGE: a refcount must never wrap.

@@ -5,10 +5,11 @@
 
 import { readFileSync, openSync, writeSync, closeSync, ftruncateSync } from "node:fs";
 
-/** A table entry: where it lies in the file and the u64 it holds. */
+/** A table entry: where it lies in the file and the u64 it holds (and, for L2 entries, the guest cluster it maps). */
 export interface Entry {
   at: number;
   value: bigint;
+  guest?: number;
 }
 
 /** The structures of one image. */
@@ -58,7 +59,12 @@ export function layoutOf(path: string): Layout {
   };
   const l1 = entries(l1Offset, l1Size);
   const l2: Entry[] = [];
-  for (const entry of l1) l2.push(...entries(offsetOf(entry.value), clusterSize / 8));
+  const perTable = clusterSize / 8;
+  for (const entry of l1) {
+    const table = offsetOf(entry.value);
+    const first = ((entry.at - l1Offset) / 8) * perTable;
+    for (const e of entries(table, perTable)) l2.push({ ...e, guest: first + (e.at - table) / 8 });
+  }
   return {
     fileSize: bytes.length,
     version,
