@@ -28,7 +28,7 @@ const force = process.argv.includes("--force");
 /** The kernel command line, for the bzImage boot and the BIOS-booted images alike. */
 export const CMDLINE = "console=ttyS0 quiet loglevel=3 mitigations=off tsc=reliable";
 /** The data disk's size and label (init.sh finds the disk by the label). */
-const DATA_MIB = 96;
+const DATA_MIB = 32;
 const DATA_LABEL = "tandem-data";
 /** A fixed UUID and time, so that mke2fs writes the same image from the same inputs. */
 const DATA_UUID = "7a6e6465-6d00-4c69-6e75-780000000001";

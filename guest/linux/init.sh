@@ -66,7 +66,7 @@ files() {
 case "$mode" in
   files)
     heartbeat &
-    if [ -n "$device" ]; then files 4000; fi
+    if [ -n "$device" ]; then files 1500; fi
     wait
     ;;
   *)

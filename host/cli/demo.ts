@@ -21,6 +21,7 @@ import type { ReleasedOutput } from "../replication/primary.ts";
 import { standby, type StandbyResult } from "../replication/secondary.ts";
 import { selfCommand } from "../runtime/self-command.ts";
 import { CounterLog, GUEST_OPTIONS, guestFrom } from "./guests.ts";
+import { runLinuxDemo } from "./linux-demo.ts";
 import { defineCommand, flag, number, type OptionValues } from "./options.ts";
 import type { Output } from "./output.ts";
 
@@ -83,6 +84,10 @@ async function runDemo(values: DemoValues, io: Output): Promise<number> {
   const killAfter = values["kill-after"] * 1000;
   if (killAfter >= duration) {
     throw new TandemError(ErrorCode.BadArgument, `demo: --kill-after ${values["kill-after"]} must be below --duration ${values.duration} (seconds)`);
+  }
+  if (values.guest === "linux") {
+    if (values["no-kill"] || values["verify-state"]) throw new TandemError(ErrorCode.BadArgument, "demo --guest linux always kills its primary and judges the guest's files; --no-kill and --verify-state are the built-in guest's");
+    return runLinuxDemo(values, io);
   }
   const tty = process.stderr.isTTY === true && !values.json;
   const status = (line: string) => {

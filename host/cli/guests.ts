@@ -4,6 +4,8 @@
  * `counter N` once a tick and `disk errors N` once their disk read-back check has failed, so the
  * commands judge either from its released output alone ({@link CounterLog}). Or any v86 guest a
  * guest file or the kernel, firmware and disk flags describe (host/emulators/v86/guest-description.ts).
+ * Or tandem's Linux guest (linux-cli-guest.ts), once built, which the demo judges by its own
+ * lines and its disk.
  */
 
 import { join, resolve } from "node:path";
@@ -14,16 +16,18 @@ import { ErrorCode, TandemError } from "../errors.ts";
 import type { Machine } from "../machine/machine.ts";
 import { MemoryDisk } from "../machine/memory-disk.ts";
 import { ReferenceMachine } from "../machine/reference-machine.ts";
+import { linuxCliGuest, type GuestRole } from "./linux-cli-guest.ts";
 import { choice, flag, number, text, type OptionValues } from "./options.ts";
 
 /** The guests the CLI builds. */
-const GUEST_NAMES = ["v86", "reference"] as const;
+const GUEST_NAMES = ["v86", "reference", "linux"] as const;
 const DEFAULT_MIB = 32;
+const DEFAULT_LINUX_MIB = 128;
 const DISK = "FILE[,format=F][,readonly]";
 
 /** Options every command that builds a guest takes; both sides of a pair must use the same. */
 export const GUEST_OPTIONS = {
-  guest: choice("NAME", "v86: the built-in guest in the v86 PC emulator;\nreference: the reference machine in TypeScript (no emulator)", GUEST_NAMES, { default: "v86" }),
+  guest: choice("NAME", "v86: the built-in guest in the v86 PC emulator;\nreference: the reference machine in TypeScript (no emulator);\nlinux: Debian's i386 Linux in v86 (build it first: node guest/linux/build.mjs)", GUEST_NAMES, { default: "v86" }),
   "guest-file": text("FILE", "a v86 guest described in JSON: kernel, initrd, cmdline, firmware, memory, disks\n(docs/embedding.md); the flags below override its keys"),
   multiboot: text("FILE", "boot this multiboot kernel"),
   bzimage: text("FILE", "boot this Linux kernel (bzImage)"),
@@ -36,7 +40,8 @@ export const GUEST_OPTIONS = {
   cdrom: text(DISK, "the CD-ROM image (always read-only)"),
   fda: text(DISK, "the floppy image"),
   "boot-order": text("ORDER", "the drives the BIOS tries, in order: e.g. cdrom,hda,fda (or v86's number, 0x123)"),
-  memory: number("MIB", "guest RAM in MiB (a guest file's own when it gives one)", { integer: true, min: 4, max: 1920, shown: String(DEFAULT_MIB) }),
+  disk: text("FILE", "the Linux guest's ext4 data disk image, this side's own (default: a fresh copy of the built one)"),
+  memory: number("MIB", "guest RAM in MiB (a guest file's own when it gives one; 128 for the Linux guest)", { integer: true, min: 4, max: 1920, shown: String(DEFAULT_MIB) }),
   dirty: number("F", "the built-in guests: fraction of RAM pages the guest writes per tick", { min: 0, max: 1, default: 0.001 }),
   hz: number("N", "the built-in v86 guest: ticks per second", { integer: true, min: 1, max: 1000, default: 20 }),
   json: flag("print JSON, one object a line"),
@@ -64,6 +69,14 @@ export interface CliGuest {
   args: string[];
   /** Whether two saves of the paused machine's device state are byte for byte equal (for digests). */
   stableDevices: boolean;
+  /** The Linux guest's data disk image. */
+  diskPath?: string;
+  /**
+   * How long a primary waits for its standby to acknowledge a checkpoint, when longer than the
+   * sender's default: the Linux guest's first checkpoint carries its whole disk and tens of MB
+   * of RAM, which a loaded machine can take more than the default to apply.
+   */
+  responseTimeoutMs?: number;
 }
 
 /** How {@link guestFrom} builds the guest. */
@@ -74,6 +87,11 @@ export interface GuestFromOptions {
    * not write the primary's images. Its first checkpoint brings it their contents.
    */
   ownDisksIn?: string;
+  /**
+   * The Linux guest only: a side that "runs" it (the default) boots it from its boot snapshot and
+   * starts its workload; a side that "receives" it from a stream only builds the machine.
+   */
+  role?: GuestRole;
 }
 
 /**
@@ -84,6 +102,12 @@ export async function guestFrom(values: GuestValues, options: GuestFromOptions =
   const described = describedGuest(values);
   if (described) return describedFrom(options.ownDisksIn === undefined ? described : withOwnDisks(described, options.ownDisksIn), values);
   const { dirty, hz } = values;
+  if (values.disk !== undefined && values.guest !== "linux") throw new TandemError(ErrorCode.BadArgument, `--disk is the Linux guest's; --guest ${values.guest} keeps its disk in memory`);
+  if (values.guest === "linux") {
+    const mib = values.memory ?? DEFAULT_LINUX_MIB;
+    const linux = await linuxCliGuest(mib, values.disk, options.role ?? "runs");
+    return { machine: linux.machine, args: ["--guest", "linux", "--memory", String(mib)], stableDevices: false, close: linux.close, diskPath: linux.diskPath, responseTimeoutMs: 300_000 };
+  }
   const mib = values.memory ?? DEFAULT_MIB;
   const args = ["--guest", values.guest, "--memory", String(mib), "--dirty", String(dirty), "--hz", String(hz)];
   const pages = (mib << 20) / 4096;
@@ -105,8 +129,8 @@ function describedGuest(values: GuestValues): GuestDescription | undefined {
   const given = (Object.keys(DESCRIBING) as (keyof typeof DESCRIBING)[]).filter((name) => values[name] !== undefined);
   const file = values["guest-file"];
   if (file === undefined && given.length === 0) return undefined;
-  if (values.guest === "reference") {
-    throw new TandemError(ErrorCode.BadArgument, `--guest reference takes no ${file !== undefined ? "--guest-file" : `--${given[0]}`}: a guest file and the kernel and disk flags describe a v86 guest`);
+  if (values.guest === "reference" || values.guest === "linux") {
+    throw new TandemError(ErrorCode.BadArgument, `--guest ${values.guest} takes no ${file !== undefined ? "--guest-file" : `--${given[0]}`}: a guest file and the kernel and disk flags describe a v86 guest`);
   }
   const flags: Record<string, string> = {};
   for (const name of given) flags[DESCRIBING[name]] = values[name]!;

@@ -81,6 +81,7 @@ export const primaryCommand = defineCommand({
     const op = replicate(machine, transport, {
       intervalMs: values.interval,
       compression: values.compress,
+      ...(guest.responseTimeoutMs ? { sender: { responseTimeoutMs: guest.responseTimeoutMs } } : {}),
       release: printer(io, values.json),
       // For a supervisor that checks a standby byte for byte: the state at each checkpoint, hashed.
       // Or just its disks: copied while paused (cheap), hashed once the guest runs again, and
@@ -123,7 +124,7 @@ export const secondaryCommand = defineCommand({
     ...GUEST_OPTIONS,
   },
 }, async ({ values }, io) => {
-  const guest = await guestFrom(values);
+  const guest = await guestFrom(values, { role: "receives" });
   const machine = guest.machine;
   try {
     let accept!: (t: SocketTransport) => void;
@@ -211,7 +212,7 @@ export const restoreCommand = defineCommand({
   summary: "Restore the guest from FILE (made by `tandem save` with the same guest options)\nand run it S seconds, printing its output.",
   options: { run: RUN, ...GUEST_OPTIONS },
 }, async ({ values, operands: [file] }, io) => {
-  const guest = await guestFrom(values);
+  const guest = await guestFrom(values, { role: "receives" });
   const machine = guest.machine;
   const log = new CounterLog();
   machine.onOutput((o) => {

@@ -1,0 +1,71 @@
+/**
+ * `--guest linux` for the commands that build a guest: tandem's Linux guest (guest/linux/,
+ * host/guests/linux-guest.ts), booted from its bzImage on Debian's SeaBIOS with its own copy of
+ * the ext4 data disk. A side that runs the guest first (a primary, a save) restores the boot
+ * snapshot (booting once to make it) and starts the file workload; a side that receives the
+ * guest (a standby, a restore) only builds the machine, which the stream fills.
+ */
+
+import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { openDisk } from "../disk/registry.ts";
+import { V86Machine } from "../emulators/v86/v86-machine.ts";
+import { bootLinux, linuxGuestFiles, linuxMachineOptions, startWorkload } from "../guests/linux-guest.ts";
+
+/** Which end of a transfer a command's guest is. */
+export type GuestRole = "runs" | "receives";
+
+/** A Linux machine the CLI built: the same shape as the other CLI guests. */
+export interface LinuxCliGuest {
+  machine: V86Machine;
+  close(): Promise<void>;
+  /** The data disk image this side uses. */
+  diskPath: string;
+}
+
+/**
+ * Builds the Linux guest with `mib` MiB of RAM on the data disk image at `diskPath` (a fresh
+ * copy of the built one, removed at close, when not given).
+ */
+export async function linuxCliGuest(mib: number, diskPath: string | undefined, role: GuestRole): Promise<LinuxCliGuest> {
+  const files = linuxGuestFiles();
+  let scratch: string | undefined;
+  if (diskPath === undefined) {
+    scratch = mkdtempSync(join(tmpdir(), "tandem-linux-"));
+    diskPath = join(scratch, "data.img");
+    copyFileSync(files.dataImage, diskPath);
+  }
+  const disk = openDisk(diskPath, { format: "raw" });
+  const cleanup = () => {
+    disk.close();
+    if (scratch) rmSync(scratch, { recursive: true, force: true });
+  };
+  try {
+    const options = linuxMachineOptions(files, "bzimage", { data: disk }, mib << 20);
+    let machine: V86Machine;
+    if (role === "runs") {
+      const tty = process.stderr.isTTY === true;
+      const booted = await bootLinux(files, "bzimage", options, {
+        onBootLine: tty ? (line) => process.stderr.write(`\r\x1b[Kbooting Linux (once; later runs start from a snapshot): ${line.slice(0, 60)}`) : undefined,
+      });
+      if (tty && !booted.fromSnapshot) process.stderr.write("\r\x1b[K");
+      machine = booted.machine;
+      startWorkload(machine, "files");
+    } else {
+      machine = await V86Machine.create(options);
+    }
+    return {
+      machine,
+      diskPath,
+      close: async () => {
+        await machine.destroy();
+        disk.flush();
+        cleanup();
+      },
+    };
+  } catch (error) {
+    cleanup();
+    throw error;
+  }
+}
