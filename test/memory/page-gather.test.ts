@@ -6,6 +6,7 @@ import { GATHER_PAGES, PageGatherer, type PagesInHeap } from "../../host/memory/
 import { seededRandom } from "../../host/prng.ts";
 import { Heap } from "../../host/wasm/heap.ts";
 import { BAD_INDEX } from "../../host/wasm/kernels.ts";
+import { concat } from "../support/bytes.ts";
 import { errorCode } from "../support/errors.ts";
 import { FLAVORS, agree, bytesEqual } from "../support/flavors.ts";
 
@@ -76,16 +77,6 @@ function gatherAll(gatherer: PageGatherer, list: Uint32Array) {
     windows++;
   });
   return { full, zeros, bytes: concat(bytes), windows };
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    all.set(p, at);
-    at += p.length;
-  }
-  return all;
 }
 
 test("a gatherer over a guest (in place and staged) or over pages in a heap gathers every listed page, for every flavor", () => {
