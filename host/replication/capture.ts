@@ -50,8 +50,8 @@ export class MemoryCapture {
 
   /**
    * Writes the pages dirtied since the last capture (all of them the first time) as PAGES and
-   * ZERO_PAGES records (DELTA_PAGES too with compression), copying their bytes now, each page
-   * once. Returns how many pages, and how many were zero or went as deltas.
+   * ZERO_PAGES records (DELTA_PAGES too with compression), copying their bytes now. Returns how
+   * many pages, and how many were zero or went as deltas.
    */
   capture(writer: StreamWriter): { pages: number; zeroPages: number; deltaPages: number } {
     let pages = 0;
