@@ -2,8 +2,11 @@
  * `npm run bench -- v86`: how long a real x86 emulator (v86, running tandem's built-in guest
  * guest/counter) stands still per replication checkpoint, against v86's own full save_state.
  *
- * For 64 MiB and 128 MiB of RAM: a V86Machine boots the guest with `hz=50 dirty=N`, N being
- * 0.1% of the RAM's pages (it writes N pages per tick, 50 ticks a second). Once it prints its
+ * Three runs, all in one process: 128 MiB with write tracking off (the engine's detecting log
+ * compares all of RAM), 128 MiB with tracking (v86 marks the pages it writes, v86-tracking.ts),
+ * and 1 GiB with tracking. In each a V86Machine boots the guest with `hz=50 dirty=N`, N being
+ * 0.1% of 128 MiB's pages (33: it writes N pages per tick, 50 ticks a second), the same dirty
+ * rate at both sizes, so that the 1 GiB run shows what RAM size alone does to the pause. Once it prints its
  * first counter it is paused and the host writes a pseudo-random pattern (distinct per page,
  * never a zero page) over all of its RAM from 0x106000 up (the whole range the guest's dirty walk
  * covers; below it are the kernel image and the low megabyte, left as they are) with
@@ -16,21 +19,31 @@
  * 10 ms after its ACK, with the guest running, two samples in alternating order:
  * - save_state: pause, `await emulator.save_state()` (v86 does it synchronously), resume;
  * - breakdown: pause, collect of a detecting dirty log of the bench's own over the whole RAM
- *   (the scan replication's capture does for v86, which cannot report writes; it sees the
+ *   (the scan replication's capture does for v86 without tracking; it sees the
  *   changes since its previous round, as the checkpoint does), saveDevices, resume. v86 runs
  *   on a shared memory, so that log splits its compare with a helper thread, as replication's
- *   does; a second log limited to one thread is timed in the same pause, for comparison.
+ *   does; a second log limited to one thread is timed in the same pause, for comparison. With
+ *   tracking the breakdown times saveDevices only (the machine's own log belongs to the
+ *   replication); save_state is not sampled at 1 GiB (seconds per sample, a GiB per copy).
  * pause_ms is CheckpointStats.pauseMs: pause, capture of the dirty pages into the stream
  * writer (scan, zero-page check, copy), device state, disk writes, outputs, resume.
  * checkpoint_vs_save_state is the median save_state over the median pause, same machine, same
- * rounds (128 MiB; the _64mib one too). Also reported: dirty pages and stream bytes per
- * checkpoint, device-state bytes, save_state bytes, and the scan's rate over RAM. The samples
+ * rounds (128 MiB with tracking; _128mib_detecting without). Also reported: dirty pages and stream
+ * bytes per checkpoint, the device state's size and what of it a checkpoint sends
+ * (device_state_bytes_p50: a delta against the previous checkpoint's), save_state bytes, and the
+ * scan's rate over RAM. The samples
  * between checkpoints stop the guest too, so it runs for less than the interval before the next
  * checkpoint (more so at 128 MiB, where save_state is slower): dirty pages per checkpoint vary
  * between sizes and runs, and are reported as measured.
  * The guest's serial output is checked: counters keep coming, no disk error, no exception.
+ *
+ * tracking_slowdown: test/support/jit-guest, a loop v86's JIT compiles that stores 4096 dwords
+ * per pass (one store in four instructions: a worst case for marking stores), run on two
+ * machines in the same process, one marking and one not, 400 ms each in turn for 12 turns after
+ * 2 warm-up ones; passes per second with tracking over passes per second without.
  */
 
+import { readFileSync } from "node:fs";
 import { V86Machine } from "../host/emulators/v86/v86-machine.ts";
 import { DetectingDirtyLog } from "../host/memory/detecting-dirty-log.ts";
 import { PAGE_SIZE } from "../host/memory/guest-memory.ts";
@@ -43,7 +56,8 @@ import { median } from "./timing.ts";
 
 const MIB = 1 << 20;
 const HZ = 50;
-const DIRTY_FRACTION = 0.001;
+/** Pages the guest dirties per tick: 0.1% of 128 MiB's pages, at every size. */
+const DIRTY_PER_TICK = Math.round(((128 * MIB) / 4096) * 0.001);
 const INTERVAL_MS = 500;
 const SIDE_DELAY_MS = 10;
 const WARMUP = 8;
@@ -97,31 +111,35 @@ interface SizeResult {
   devicesP50: number;
   dirtyPages: number;
   checkpointBytes: number;
+  /** Device state sent per checkpoint (a delta against the previous checkpoint's), median. */
+  deviceSentBytes: number;
+  /** The whole device state, as saveDevices returns it. */
   deviceBytes: number;
   saveStateBytes: number;
 }
 
-async function size(mib: number, progress: Progress): Promise<SizeResult> {
+async function size(mib: number, tracking: boolean, sampleSaveState: boolean, progress: Progress): Promise<SizeResult> {
   const memoryBytes = mib * MIB;
-  const dirty = Math.max(1, Math.round((memoryBytes / PAGE_SIZE) * DIRTY_FRACTION));
-  const cmdline = `hz=${HZ} dirty=${dirty}`;
-  progress(`${mib} MiB: starting the standby and the primary`);
+  const cmdline = `hz=${HZ} dirty=${DIRTY_PER_TICK}`;
+  const label = `${mib} MiB, tracking ${tracking ? "on" : "off"}`;
+  progress(`${label}: starting the standby and the primary`);
   const standby = await peer(mib, cmdline);
   let machine: V86Machine | undefined;
   try {
-    machine = await V86Machine.create({ memoryBytes, cmdline });
+    machine = await V86Machine.create({ memoryBytes, cmdline, tracking: tracking ? "marks" : "off" });
     const m = machine;
+    if ((m.tracking.mode === "marks") !== tracking) throw new Error(`v86 bench: tracking is ${JSON.stringify(m.tracking)}`);
     const up = booted(m);
     m.resume();
     await up;
     m.pause();
     fillRam(m, memoryBytes);
-    // The bench's own scanner, for the breakdown; primed (its first collect is all of RAM).
-    const scanner = new DetectingDirtyLog(m.memory[0]);
-    const oneThread = new DetectingDirtyLog(m.memory[0], { threads: 1 });
+    // The bench's own scanners, for the breakdown without tracking; primed (their first collect is all of RAM).
+    const scanner = tracking ? undefined : new DetectingDirtyLog(m.memory[0]);
+    const oneThread = tracking ? undefined : new DetectingDirtyLog(m.memory[0], { threads: 1 });
     for (const log of [scanner, oneThread]) {
-      log.arm();
-      log.collect();
+      log?.arm();
+      log?.collect();
     }
     m.resume();
 
@@ -134,6 +152,7 @@ async function size(mib: number, progress: Progress): Promise<SizeResult> {
     const devices: number[] = [];
     const pages: number[] = [];
     const bytes: number[] = [];
+    const deviceSent: number[] = [];
     let deviceBytes = 0;
     let saveStateBytes = 0;
     const serial: string[] = [];
@@ -151,14 +170,14 @@ async function size(mib: number, progress: Progress): Promise<SizeResult> {
     const timeBreakdown = () => {
       m.pause();
       const start = performance.now();
-      scanner.collect();
+      scanner?.collect();
       const scanned = performance.now();
       const state = m.saveDevices();
       const end = performance.now();
-      oneThread.collect();
+      oneThread?.collect();
       const alone = performance.now();
       m.resume();
-      threads = scanner.parallel ? 2 : 1;
+      threads = scanner?.parallel ? 2 : 1;
       return { scanMs: scanned - start, devicesMs: end - scanned, oneThreadMs: alone - end, bytes: state.length };
     };
     const side = async (round: number) => {
@@ -166,6 +185,7 @@ async function size(mib: number, progress: Progress): Promise<SizeResult> {
       const measured = round > WARMUP;
       for (const which of round % 2 === 0 ? ["save", "breakdown"] : ["breakdown", "save"]) {
         if (which === "save") {
+          if (!sampleSaveState) continue;
           const s = await timeSaveState();
           if (measured) saves.push(s.ms);
           saveStateBytes = s.bytes;
@@ -190,8 +210,9 @@ async function size(mib: number, progress: Progress): Promise<SizeResult> {
           pauses.push(s.pauseMs);
           pages.push(s.pages);
           bytes.push(s.bytes);
+          deviceSent.push(s.deviceBytes);
         }
-        progress(`${mib} MiB: checkpoint ${s.checkpoint}/${WARMUP + MEASURED}`);
+        progress(`${label}: checkpoint ${s.checkpoint}/${WARMUP + MEASURED}`);
         if (s.checkpoint <= WARMUP + MEASURED) setTimeout(() => void side(s.checkpoint).catch(failed), SIDE_DELAY_MS);
       },
     });
@@ -223,6 +244,7 @@ async function size(mib: number, progress: Progress): Promise<SizeResult> {
       devicesP50: median(devices),
       dirtyPages: median(pages),
       checkpointBytes: median(bytes),
+      deviceSentBytes: median(deviceSent),
       deviceBytes,
       saveStateBytes,
     };
@@ -234,26 +256,76 @@ async function size(mib: number, progress: Progress): Promise<SizeResult> {
   }
 }
 
+/** Passes per second of the JIT guest with tracking over without, two machines taking turns in one process. */
+async function trackingSlowdown(progress: Progress): Promise<{ ratio: number; withPerS: number; withoutPerS: number }> {
+  const guest = new Uint8Array(readFileSync(new URL("../test/support/jit-guest/jit-guest.bin", import.meta.url)));
+  const passes = (m: V86Machine) => new DataView(m.memory[0].bytes().buffer, m.memory[0].bytes().byteOffset + 0x500000, 4).getUint32(0, true);
+  const machines = [
+    await V86Machine.create({ multiboot: guest, memoryBytes: 32 * MIB, disk: null, tracking: "marks" }),
+    await V86Machine.create({ multiboot: guest, memoryBytes: 32 * MIB, disk: null, tracking: "off" }),
+  ];
+  try {
+    const done = [0, 0];
+    const ms = [0, 0];
+    for (let turn = 0; turn < 14; turn++) {
+      progress(`tracking slowdown: turn ${turn + 1}/14`);
+      for (let i = 0; i < 2; i++) {
+        const m = machines[turn % 2 === 0 ? i : 1 - i];
+        const k = machines.indexOf(m);
+        const before = passes(m);
+        const start = performance.now();
+        m.resume();
+        await new Promise((resolve) => setTimeout(resolve, 400));
+        m.pause();
+        if (turn >= 2) {
+          done[k] += passes(m) - before;
+          ms[k] += performance.now() - start;
+        }
+      }
+    }
+    const withPerS = done[0] / (ms[0] / 1000);
+    const withoutPerS = done[1] / (ms[1] / 1000);
+    return { ratio: withPerS / withoutPerS, withPerS, withoutPerS };
+  } finally {
+    for (const m of machines) await m.destroy();
+  }
+}
+
 /** Runs the v86 suite; returns its metrics. */
 export async function runV86Suite(progress: Progress): Promise<Record<string, number>> {
   const metrics: Record<string, number> = {};
-  for (const mib of [64, 128]) {
-    const r = await size(mib, progress);
-    const s = `${mib}mib`;
+  const runs = [
+    { mib: 128, tracking: false, saveState: true, key: "128mib_detecting" },
+    { mib: 128, tracking: true, saveState: true, key: "128mib" },
+    { mib: 1024, tracking: true, saveState: false, key: "1gib" },
+  ];
+  for (const run of runs) {
+    const r = await size(run.mib, run.tracking, run.saveState, progress);
+    const s = run.key;
     metrics[`pause_ms_p50_${s}`] = r.pauseP50;
     metrics[`pause_ms_p99_${s}`] = r.pauseP99;
-    metrics[`save_state_ms_p50_${s}`] = r.saveStateP50;
-    metrics[`checkpoint_vs_save_state_${s}`] = r.saveStateP50 / r.pauseP50;
-    metrics[`dirty_scan_ms_p50_${s}`] = r.scanP50;
-    metrics[`dirty_scan_gb_per_s_${s}`] = (mib * MIB) / (r.scanP50 / 1000) / 1e9;
-    metrics[`dirty_scan_threads_${s}`] = r.scanThreads;
-    metrics[`dirty_scan_ms_p50_1thread_${s}`] = r.scanOneThreadP50;
+    if (run.saveState) {
+      metrics[`save_state_ms_p50_${s}`] = r.saveStateP50;
+      metrics[`checkpoint_vs_save_state_${s}`] = r.saveStateP50 / r.pauseP50;
+      metrics[`save_state_bytes_${s}`] = r.saveStateBytes;
+    }
+    if (!run.tracking) {
+      metrics[`dirty_scan_ms_p50_${s}`] = r.scanP50;
+      metrics[`dirty_scan_gb_per_s_${s}`] = (run.mib * MIB) / (r.scanP50 / 1000) / 1e9;
+      metrics[`dirty_scan_threads_${s}`] = r.scanThreads;
+      metrics[`dirty_scan_ms_p50_1thread_${s}`] = r.scanOneThreadP50;
+    }
     metrics[`save_devices_ms_p50_${s}`] = r.devicesP50;
     metrics[`dirty_pages_per_checkpoint_${s}`] = r.dirtyPages;
     metrics[`checkpoint_bytes_p50_${s}`] = r.checkpointBytes;
     metrics[`device_state_bytes_${s}`] = r.deviceBytes;
-    metrics[`save_state_bytes_${s}`] = r.saveStateBytes;
+    metrics[`device_state_bytes_p50_${s}`] = r.deviceSentBytes;
   }
   metrics.checkpoint_vs_save_state = metrics.checkpoint_vs_save_state_128mib;
+  metrics.device_state_bytes_p50 = metrics.device_state_bytes_p50_128mib;
+  const slowdown = await trackingSlowdown(progress);
+  metrics.tracking_slowdown = slowdown.ratio;
+  metrics.jit_guest_passes_per_s_tracking = slowdown.withPerS;
+  metrics.jit_guest_passes_per_s_no_tracking = slowdown.withoutPerS;
   return metrics;
 }

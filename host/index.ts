@@ -14,6 +14,9 @@ export { GuestMemory, MAX_GUEST_BYTES, PAGE_SHIFT, PAGE_SIZE, type GuestRegion }
 export { DirtyLogBase, DirtyLogState, nextDirtyLogState, type DirtyLog, type DirtyLogEvent } from "./memory/dirty-log.ts";
 export { BitmapDirtyLog, type BitmapDirtyLogOptions } from "./memory/bitmap-dirty-log.ts";
 export { DetectingDirtyLog, type DetectingDirtyLogOptions } from "./memory/detecting-dirty-log.ts";
+export { MarkMapDirtyLog, type MarkMapRegion } from "./memory/mark-map-dirty-log.ts";
+export { VerifyingDirtyLog, type LastWriteOf, type VerifyCounts } from "./memory/verifying-dirty-log.ts";
+export { DeviceStateEncoder, applyDeviceStateDelta } from "./protocol/device-delta.ts";
 export { ZeroPageFinder, type ZeroPageFinderOptions } from "./memory/zero-pages.ts";
 export { Cmd, CMD_NAMES, FrameDecoder, HEADER_SIZE as FRAME_HEADER_SIZE, cmdMask, type FrameSink, type FrameDecoderOptions } from "./protocol/frame.ts";
 export { SessionState, senderTransition, receiverTransition, type SenderEvent, type ReceiverEvent } from "./protocol/session-state.ts";

@@ -84,7 +84,8 @@ export class MarkMapDirtyLog extends DirtyLogBase {
     let page = 0;
     // Bytes up to the first 4-aligned one, then words, then the tail.
     for (; page < pages && (map.byteOffset + page) % 4 !== 0; page++) if (map[page] !== 0) take(page);
-    const words = new Uint32Array(map.buffer, map.byteOffset + page, (pages - page) >>> 2);
+    const aligned = (map.byteOffset + page) % 4 === 0;
+    const words = new Uint32Array(map.buffer, aligned ? map.byteOffset + page : 0, aligned ? (pages - page) >>> 2 : 0);
     for (let w = 0; w < words.length; w++) {
       if (words[w] === 0) continue;
       const first = page + w * 4;

@@ -7,6 +7,7 @@
 
 import { ErrorCode, TandemError } from "../errors.ts";
 import type { Machine } from "../machine/machine.ts";
+import { applyDeviceStateDelta } from "../protocol/device-delta.ts";
 import type { PageDeltaCodec } from "../protocol/page-delta.ts";
 import type { StreamHeader, StreamRecord } from "../protocol/stream/format.ts";
 
@@ -16,7 +17,7 @@ export interface AppliedCheckpoint {
   checkpoint: number;
   /** The primary's generation, from CHECKPOINT_END. */
   generation: number;
-  /** The device state, if the checkpoint carried one (restore it when the standby takes over). */
+  /** The device state, if the checkpoint carried one, whole or as a delta (restore it when the standby takes over). */
   devices: Uint8Array | undefined;
   /** The epoch's outputs, in order (copies). */
   outputs: { seq: number; channel: string; data: Uint8Array }[];
@@ -37,14 +38,16 @@ export function checkLayout(header: StreamHeader, machine: Machine): void {
 
 /**
  * Applies one checkpoint's `records` (ending with CHECKPOINT_END) to a paused `machine`, whose
- * memory already holds the previous checkpoint. Throws E_STREAM_FORMAT without changing
- * anything if any record cannot be applied.
+ * memory already holds the previous checkpoint, and whose device state was `devices` (the base of
+ * a DEVICE_STATE_DELTA). Throws E_STREAM_FORMAT without changing anything if any record cannot
+ * be applied.
  */
-export function applyCheckpoint(machine: Machine, records: readonly StreamRecord[], codec: PageDeltaCodec): AppliedCheckpoint {
+export function applyCheckpoint(machine: Machine, records: readonly StreamRecord[], codec: PageDeltaCodec, devices?: Uint8Array): AppliedCheckpoint {
   const end = records[records.length - 1];
   if (end?.type !== "checkpoint-end") throw new TandemError(ErrorCode.StreamFormat, "a checkpoint must end with CHECKPOINT_END");
   const writes: (() => void)[] = [];
-  let devices: Uint8Array | undefined;
+  const previous = devices;
+  devices = undefined;
   const outputs: { seq: number; channel: string; data: Uint8Array }[] = [];
   for (const record of records.slice(0, -1)) {
     switch (record.type) {
@@ -73,6 +76,10 @@ export function applyCheckpoint(machine: Machine, records: readonly StreamRecord
       }
       case "device-state":
         devices = record.data.slice();
+        break;
+      case "device-state-delta":
+        if (!previous) throw new TandemError(ErrorCode.StreamFormat, "a DEVICE_STATE_DELTA with no device state before it");
+        devices = applyDeviceStateDelta(previous, record.delta, codec);
         break;
       case "disk-writes": {
         const disk = machine.disks[record.disk];

@@ -9,6 +9,7 @@ import type { DirtyLog } from "../memory/dirty-log.ts";
 import { PAGE_SIZE } from "../memory/guest-memory.ts";
 import { PageGatherer } from "../memory/page-gather.ts";
 import { ZeroPageFinder } from "../memory/zero-pages.ts";
+import { DeviceStateEncoder } from "../protocol/device-delta.ts";
 import { PageDeltaCodec } from "../protocol/page-delta.ts";
 import type { StreamWriter } from "../protocol/stream/writer.ts";
 
@@ -99,6 +100,25 @@ export class MemoryCapture {
     writer.deltaPages(region, deltas);
     writer.pagesFrom(region, whole.subarray(0, kept), bytes.subarray(0, kept * PAGE_SIZE));
     return deltas.length;
+  }
+}
+
+/**
+ * The machine's device state, whole in the first capture and then as a delta against the one
+ * before (most of it, video memory and controllers' buffers, does not change between
+ * checkpoints). Only for a stream whose receiver applies every checkpoint in order, as a standby
+ * does: the delta's base is the previous checkpoint's state.
+ */
+export class DeviceCapture {
+  readonly #encoder = new DeviceStateEncoder();
+
+  /** Writes the device state as DEVICE_STATE or DEVICE_STATE_DELTA; returns the bytes it took. */
+  capture(machine: Machine, writer: StreamWriter): number {
+    const state = machine.saveDevices();
+    const delta = this.#encoder.encode(state);
+    if (delta) writer.deviceStateDelta(0, delta);
+    else writer.deviceState(0, state);
+    return (delta ?? state).length;
   }
 }
 

@@ -12,7 +12,7 @@ import { startOperation, type OpHandle } from "../ops/operation.ts";
 import { TransactionSender, type SenderOptions } from "../protocol/sender.ts";
 import { StreamWriter } from "../protocol/stream/writer.ts";
 import type { Transport } from "../protocol/transport.ts";
-import { MemoryCapture, captureDiskWrites, captureWholeDisks, type DiskWrite } from "./capture.ts";
+import { DeviceCapture, MemoryCapture, captureDiskWrites, captureWholeDisks, type DiskWrite } from "./capture.ts";
 import { peerCall, sendStreamHeader, sendTransaction } from "./peer-calls.ts";
 import { ReleaseGate, type ReleasedOutput } from "./release-gate.ts";
 import { streamHeaderFor } from "./stream-guest.ts";
@@ -35,6 +35,8 @@ export interface CheckpointStats {
   deltaPages: number;
   /** Stream bytes sent. */
   bytes: number;
+  /** Bytes of device state sent (a delta against the previous checkpoint's, after the first). */
+  deviceBytes: number;
   /** From the pause to the standby's ACK. */
   commitMs: number;
   /** The highest output seq committed so far (this checkpoint's outputs are released now). */
@@ -105,6 +107,7 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
   return startOperation("replicate", async (ctx) => {
     const sender = new TransactionSender(transport, options.sender);
     const memory = new MemoryCapture(machine, { compression: options.compression });
+    const devices = new DeviceCapture();
     const writer = new StreamWriter(streamHeaderFor(machine));
     let epochOutputs: MachineOutput[] = [];
     let epochDiskWrites: DiskWrite[] = [];
@@ -139,7 +142,7 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
         await machine.pause();
         checkpoint++;
         const { pages, zeroPages, deltaPages } = memory.capture(writer);
-        writer.deviceState(0, machine.saveDevices());
+        const deviceBytes = devices.capture(machine, writer);
         // The first checkpoint carries whole disks; writes made before it are in them.
         if (checkpoint === 1) captureWholeDisks(machine, writer);
         else captureDiskWrites(machine, epochDiskWrites, writer);
@@ -158,7 +161,7 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
         totalBytes += bytes.length;
         totalPages += pages;
         const stats = {
-          checkpoint, pauseMs, pages, zeroPages, deltaPages, bytes: bytes.length, commitMs: performance.now() - started,
+          checkpoint, pauseMs, pages, zeroPages, deltaPages, bytes: bytes.length, deviceBytes, commitMs: performance.now() - started,
           lastSeq: gate.lastSeq, heldOutputBytes: held,
         };
         options.onCommitted?.(stats);

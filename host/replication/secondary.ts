@@ -140,7 +140,7 @@ export function standby(machine: Machine, transport: Transport, options: Standby
       if (end?.type === "checkpoint-end" && end.generation < generation) {
         throw new TandemError(ErrorCode.Failed, `checkpoint of generation ${end.generation}; this standby is fenced at ${generation}`);
       }
-      const applied = applyCheckpoint(machine, records, codec); // all or nothing
+      const applied = applyCheckpoint(machine, records, codec, devices); // all or nothing
       last = applied;
       generation = applied.generation;
       devices = applied.devices ?? devices;

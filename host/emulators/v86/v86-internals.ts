@@ -26,6 +26,7 @@
  */
 
 import { ErrorCode, TandemError } from "../../errors.ts";
+import { fromV86Layout, toV86Layout } from "./v86-device-state.ts";
 
 /** The v86 version the internals below were read from; package.json pins it exactly. */
 export const V86_VERSION = "0.5.462";
@@ -40,6 +41,8 @@ export interface V86Cpu {
   codegen_finalize(index: number, start: number, stateFlags: number, ptr: number, length: number): void;
   write_blob(blob: ArrayLike<number>, offset: number): void;
   jit_imports: { m?: WebAssembly.Memory };
+  /** The VGA device; its `pixel_buffer` is a cache of the screen that v86 redraws after a restore. */
+  devices?: { vga?: { pixel_buffer?: Uint8Array } };
 }
 
 /** The part of v86's inner machine (`emulator.v86`) tandem touches. */
@@ -123,12 +126,21 @@ export function saveDeviceState(core: V86Core): Uint8Array {
   const ownPack = cpu.pack_memory;
   // A state whose RAM bitmap is empty: restore_state would read no page from it.
   cpu.pack_memory = () => ({ bitmap: { get_buffer: () => new ArrayBuffer(0) }, packed_memory: new Uint8Array(0) });
+  // The VGA's pixel buffer (512 KiB, a third of the state) is left out: it is the screen as
+  // last drawn from the VGA's memory, which the state carries. v86's set_state copies it only if
+  // present (an empty one copies nothing), and then calls complete_redraw, which draws it anew.
+  const vga = cpu.devices?.vga;
+  const pixels = vga?.pixel_buffer;
+  if (vga && pixels) vga.pixel_buffer = NO_PIXELS;
   try {
-    return new Uint8Array(core.save_state());
+    return fromV86Layout(new Uint8Array(core.save_state()));
   } finally {
     cpu.pack_memory = ownPack;
+    if (vga && pixels) vga.pixel_buffer = pixels;
   }
 }
+
+const NO_PIXELS = new Uint8Array(0);
 
 /** Restores a state from {@link saveDeviceState}, leaving the RAM as it is. The guest must be stopped. */
 export function restoreDeviceState(core: V86Core, state: Uint8Array): void {
@@ -137,10 +149,8 @@ export function restoreDeviceState(core: V86Core, state: Uint8Array): void {
   cpu.unpack_memory = () => {}; // its default zeroes RAM first
   try {
     // restore_state also drops compiled code and the TLB, so RAM written by tandem is seen fresh.
-    // v86 reads the whole ArrayBuffer; a view into a larger one (a Node Buffer, whose slice() is
-    // a view too) is copied out.
-    const whole = state.byteOffset === 0 && state.byteLength === state.buffer.byteLength && state.buffer instanceof ArrayBuffer;
-    core.restore_state(whole ? state.buffer as ArrayBuffer : Uint8Array.prototype.slice.call(state).buffer);
+    // v86 reads the whole ArrayBuffer it is given, in its own layout.
+    core.restore_state(toV86Layout(state));
   } finally {
     cpu.unpack_memory = ownUnpack;
   }

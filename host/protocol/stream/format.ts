@@ -83,6 +83,11 @@ export const RecordType = {
   End: 8,
   /** Empty: a migration's source has stopped for good; the destination takes over now. */
   Handover: 9,
+  /**
+   * u32 device, u32 zero, then the device's state as a delta against its state in the previous
+   * checkpoint (host/protocol/device-delta.ts has the layout).
+   */
+  DeviceStateDelta: 10,
 } as const;
 /** One of {@link RecordType}. */
 export type RecordType = (typeof RecordType)[keyof typeof RecordType];
@@ -115,6 +120,7 @@ export type StreamRecord =
   | { type: "zero-pages"; region: number; pfns: Uint32Array }
   | { type: "delta-pages"; region: number; pages: { pfn: number; delta: Uint8Array }[] }
   | { type: "device-state"; device: number; data: Uint8Array }
+  | { type: "device-state-delta"; device: number; delta: Uint8Array }
   | { type: "disk-writes"; disk: number; writes: { offset: number; data: Uint8Array }[] }
   | { type: "checkpoint-end"; checkpoint: number; generation: number; lastSeq?: number }
   | { type: "outputs"; outputs: { seq: number; channel: string; data: Uint8Array }[] }

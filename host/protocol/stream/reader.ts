@@ -127,6 +127,10 @@ export class StreamReader {
         need(8);
         if (view.getUint32(4, true) !== 0) fail(`${name}: the reserved field is not zero`);
         return { type: "device-state", device: view.getUint32(0, true), data: body.subarray(8) };
+      case RecordType.DeviceStateDelta:
+        need(8);
+        if (view.getUint32(4, true) !== 0) fail(`${name}: the reserved field is not zero`);
+        return { type: "device-state-delta", device: view.getUint32(0, true), delta: body.subarray(8) };
       case RecordType.DiskWrites: {
         need(8);
         const disk = view.getUint32(0, true);

@@ -151,6 +151,15 @@ export class StreamWriter {
     this.#bytes.set(data, body + 8);
   }
 
+  /** The state of `device` as a delta against the previous checkpoint's (protocol/device-delta.ts). */
+  deviceStateDelta(device: number, delta: Uint8Array): void {
+    this.#checkU32(device, "device");
+    const body = this.#record(RecordType.DeviceStateDelta, 8 + delta.length);
+    this.#view.setUint32(body, device, true);
+    this.#view.setUint32(body + 4, 0, true);
+    this.#bytes.set(delta, body + 8);
+  }
+
   /** Writes to `disk` made in this checkpoint's epoch, in order. */
   diskWrites(disk: number, writes: readonly { offset: number; data: Uint8Array }[]): void {
     this.#checkU32(disk, "disk");
