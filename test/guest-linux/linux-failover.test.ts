@@ -1,4 +1,5 @@
-import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { suite } from "uvu";
@@ -7,7 +8,7 @@ import { openDisk } from "../../host/disk/registry.ts";
 import type { Disk } from "../../host/disk/disk.ts";
 import { V86Machine } from "../../host/emulators/v86/v86-machine.ts";
 import { checkLinuxDisk } from "../../host/guests/linux-disk-check.ts";
-import { bootLinux, linuxMachineOptions, startWorkload, type LinuxGuestFiles } from "../../host/guests/linux-guest.ts";
+import { bootLinux, linuxMachineOptions, startWorkload, type LinuxBoot, type LinuxDrives, type LinuxGuestFiles } from "../../host/guests/linux-guest.ts";
 import { LinuxLog } from "../../host/guests/linux-log.ts";
 import { seededRandom } from "../../host/prng.ts";
 import { memoryPair } from "../../host/protocol/transport.ts";
@@ -16,26 +17,35 @@ import { standby } from "../../host/replication/secondary.ts";
 import { linuxGuestOrSkip } from "../support/linux.ts";
 import { until } from "../support/session.ts";
 
-const test = suite("Linux guest: Debian's i386 kernel in v86, replicated, its primary killed at a random moment, its files intact on the standby");
+const test = suite("Linux guest: Debian's i386 kernel in v86 (a bzImage, or SeaBIOS booting a disk or a CD-ROM), replicated, its primary killed at a random moment, its files intact on the standby");
 const long = globalThis.process?.env?.TANDEM_LONG_TESTS === "1";
 /** The first boot (no snapshot yet) takes minutes on a loaded 2-core machine; later runs restore in seconds. */
 const BOOT_TIMEOUT_MS = 900_000;
 
 /**
- * One failover: the primary restored from the boot snapshot runs the file workload, replicated
+ * One failover: the primary, booted as `boot` says and restored from that boot's snapshot, runs the file workload, replicated
  * every 50 ms to a standby in this process; `killAfterMs` after the first checkpoint the
  * primary's connection breaks and it stops, as if killed. Returns what the outside world saw.
  */
-async function failover(files: LinuxGuestFiles, dir: string, killAfterMs: number, trial: number): Promise<void> {
-  const label = `trial ${trial} (killed ${killAfterMs} ms after the first checkpoint)`;
+async function failover(files: LinuxGuestFiles, dir: string, killAfterMs: number, trial: number, boot: LinuxBoot = "bzimage"): Promise<void> {
+  const label = `${boot} trial ${trial} (killed ${killAfterMs} ms after the first checkpoint)`;
   const primaryImage = join(dir, `primary-${trial}.img`);
   const standbyImage = join(dir, `standby-${trial}.img`);
   copyFileSync(files.dataImage, primaryImage);
   copyFileSync(files.dataImage, standbyImage);
   const disks: Disk[] = [openDisk(primaryImage, { format: "raw" }), openDisk(standbyImage, { format: "raw" })];
-  const booted = await bootLinux(files, "bzimage", linuxMachineOptions(files, "bzimage", { data: disks[0] }), { timeoutMs: BOOT_TIMEOUT_MS });
+  // Each side opens the boot image read-only for itself, as it would on its own host.
+  const bootImages: Disk[] = [];
+  const drives = (data: Disk): LinuxDrives => {
+    if (boot === "bzimage") return { data };
+    const image = openDisk(boot === "disk" ? files.bootDisk : files.bootIso, { format: "raw", readOnly: true });
+    bootImages.push(image);
+    return boot === "disk" ? { data, bootDisk: image } : { data, cdrom: image };
+  };
+  const booted = await bootLinux(files, boot, linuxMachineOptions(files, boot, drives(disks[0])), { timeoutMs: BOOT_TIMEOUT_MS });
   const primary = booted.machine;
-  const secondary = await V86Machine.create(linuxMachineOptions(files, "bzimage", { data: disks[1] }));
+  const secondary = await V86Machine.create(linuxMachineOptions(files, boot, drives(disks[1])));
+  assert.equal([primary.disks.length, secondary.disks.length], [1, 1], `${label}: only the data disk is written; the boot image is read-only`);
   try {
     const world = new Map<number, string>();
     let killed = false;
@@ -97,7 +107,7 @@ async function failover(files: LinuxGuestFiles, dir: string, killAfterMs: number
   } finally {
     await primary.destroy();
     await secondary.destroy();
-    for (const disk of disks) disk.close();
+    for (const disk of [...disks, ...bootImages]) disk.close();
   }
 }
 
@@ -112,6 +122,31 @@ test("the standby takes over a Linux guest killed at a random moment: no output 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("SeaBIOS boots Linux from a disk image (syslinux on hda, data on hdb), replicated and failed over", async () => {
+  const files = linuxGuestOrSkip("the BIOS disk boot");
+  if (!files) return;
+  const dir = mkdtempSync(join(tmpdir(), "tandem-linux-disk-"));
+  try {
+    await failover(files, dir, 2000 + Math.floor(seededRandom(Date.now() >>> 0)() * 6000), 0, "disk");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("SeaBIOS boots Linux from a CD-ROM (isolinux), replicated and failed over; the CD-ROM image stays as it was", async () => {
+  const files = linuxGuestOrSkip("the CD-ROM boot");
+  if (!files) return;
+  const before = createHash("sha256").update(readFileSync(files.bootIso)).digest("hex");
+  const dir = mkdtempSync(join(tmpdir(), "tandem-linux-cd-"));
+  try {
+    await failover(files, dir, 2000 + Math.floor(seededRandom(Date.now() >>> 0)() * 6000), 0, "cdrom");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  assert.is(createHash("sha256").update(readFileSync(files.bootIso)).digest("hex"), before, "boot.iso is byte for byte what it was");
+  assert.is(before, files.sha256["boot.iso"], "and what the build wrote");
 });
 
 test.run();
