@@ -22,6 +22,7 @@ import type { Disk } from "../../disk/disk.ts";
 import { formatNames, openDisk } from "../../disk/registry.ts";
 import { ErrorCode, TandemError } from "../../errors.ts";
 import { DISK_SLOTS, type DiskSlot } from "./v86-identity.ts";
+import type { V86MachineOptions } from "./v86-machine.ts";
 
 /** A disk of the description: its image file, its format (probed when absent), read-only or not. */
 export interface GuestDiskDescription {
@@ -52,22 +53,13 @@ export interface GuestDescription extends Partial<Record<DiskSlot, GuestDiskDesc
   memory?: number;
   /** v86's boot order: one nibble per drive, the first in the lowest (0x312: hard disk, floppy, CD-ROM). */
   bootOrder?: number;
-  /** An NE2000 network card. */
+  /** Connect the guest's NE2000 card to tandem's network bridge. */
   network?: boolean;
 }
 
 /** A description's files read and disks opened: what `V86Machine.create` takes. */
-export interface GuestOptions extends Partial<Record<DiskSlot, Disk>> {
-  memoryBytes?: number;
-  bios?: Uint8Array;
-  vgaBios?: Uint8Array;
-  multiboot?: Uint8Array;
-  bzimage?: Uint8Array;
-  initrd?: Uint8Array;
-  cmdline?: string;
-  bootOrder?: number;
-  network?: boolean;
-}
+export type GuestOptions = Pick<V86MachineOptions, "memoryBytes" | "bios" | "vgaBios" | "multiboot" | "bzimage" | "initrd" | "cmdline" | "bootOrder" | "network"> &
+  Partial<Record<DiskSlot, Disk>>;
 
 /** An opened guest: its machine options, and how to close its disks when the machine is gone. */
 export interface OpenedGuest {

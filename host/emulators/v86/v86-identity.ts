@@ -1,14 +1,14 @@
 /**
  * The identity of a v86 guest (host/machine/guest-identity.ts): everything v86 needs to be
  * configured alike for a saved state to restore into it. Firmware, kernels and initrds count by
- * content (SHA-256); memory, command line, boot order, the network card and each disk's slot,
- * size and read-only flag by value. Disk contents do not count: each side names its own image, and the stream
+ * content (SHA-256); memory, command line, boot order, a connected network card and each disk's
+ * slot, size and read-only flag by value. Disk contents do not count: each side names its own image, and the stream
  * carries the contents.
  */
 
-import type { MachineDisk } from "../../machine/machine.ts";
 import { contentDigest, formatSize, guestIdentity, type GuestIdentity, type IdentityField } from "../../machine/guest-identity.ts";
 import { V86_VERSION } from "./v86-internals.ts";
+import type { V86MachineOptions } from "./v86-machine.ts";
 
 /** The disk slots v86 has, in the order the identity lists them. */
 export const DISK_SLOTS = ["hda", "hdb", "cdrom", "fda"] as const;
@@ -16,19 +16,10 @@ export const DISK_SLOTS = ["hda", "hdb", "cdrom", "fda"] as const;
 export type DiskSlot = (typeof DISK_SLOTS)[number];
 
 /** A v86 machine's configuration, with its defaults filled in, as its identity sees it. */
-export interface V86IdentitySource extends Partial<Record<DiskSlot, MachineDisk | null>> {
+export type V86IdentitySource = Pick<V86MachineOptions, "bios" | "vgaBios" | "multiboot" | "bzimage" | "initrd" | "cmdline" | "bootOrder" | "network" | DiskSlot> & {
   memoryBytes: number;
   vgaMemoryBytes: number;
-  bios?: Uint8Array;
-  vgaBios?: Uint8Array;
-  multiboot?: Uint8Array;
-  bzimage?: Uint8Array;
-  initrd?: Uint8Array;
-  cmdline?: string;
-  bootOrder?: number;
-  /** A network card (v86's NE2000): its state is part of the device state. */
-  network?: boolean;
-}
+};
 
 const CONTENTS = [["bios", "bios"], ["vgaBios", "vga bios"], ["multiboot", "multiboot"], ["bzimage", "bzimage"], ["initrd", "initrd"]] as const;
 
@@ -45,7 +36,8 @@ export function v86Identity(source: V86IdentitySource): GuestIdentity {
   }
   if (source.cmdline !== undefined) fields.push({ name: "cmdline", kind: "value", value: JSON.stringify(source.cmdline) });
   if (source.bootOrder !== undefined) fields.push({ name: "boot order", kind: "value", value: `0x${source.bootOrder.toString(16)}` });
-  if (source.network) fields.push({ name: "nic", kind: "value", value: "ne2k" });
+  // The card is always there; whether its frames reach a network changes what a takeover runs.
+  if (source.network) fields.push({ name: "network", kind: "value", value: "connected" });
   for (const slot of DISK_SLOTS) {
     const disk = source[slot];
     if (!disk) continue;

@@ -52,7 +52,7 @@ test("sensitive: each field alone changes the digest, and the differences name i
     ["hda in another slot", { hda: undefined, hdb: disk(MIB) }, "hda: standby has none"],
     ["a floppy more", { fda: disk(1440 * 1024) }, "fda: primary has none"],
     ["no cdrom", { cdrom: null }, "cdrom: standby has none"],
-    ["a network card", { network: true }, "nic: primary has none"],
+    ["a connected network card", { network: true }, "network: primary has none"],
   ];
   const digests = new Set([base.digest]);
   for (const [name, change, phrase] of changes) {
