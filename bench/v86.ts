@@ -204,6 +204,9 @@ async function size(mib: number, tracking: boolean, sampleSaveState: boolean, pr
 
     const op = replicate(m, transport, {
       intervalMs: INTERVAL_MS,
+      // The first checkpoint carries all of RAM (a GiB in the largest run): on a loaded machine
+      // its ACK can take longer than the sender's default 30 s.
+      sender: { responseTimeoutMs: 300_000 },
       release: (o) => void serial.push(new TextDecoder().decode(o.data)),
       onCommitted: (s) => {
         if (s.checkpoint > WARMUP && s.checkpoint <= WARMUP + MEASURED) {

@@ -426,9 +426,9 @@ class KnownStack {
       case 0x21: case 0x24: case 0x1a: case 0x0d: this.#pop(1); return;
       case 0x22: case 0x40: this.#pop(1); this.#stack.push(null); return;
       case 0x1b: this.#pop(3); this.#stack.push(null); return;
-      case 0x02: case 0x03: this.#enter(bytes, at + 1); return;
+      case 0x02: case 0x03: case 0x06: this.#enter(bytes, at + 1); return; // block, loop, try
       case 0x04: this.#pop(1); this.#enter(bytes, at + 1); return;
-      case 0x0b: this.#stack = this.#outer.pop() ?? []; return;
+      case 0x0b: case 0x18: this.#stack = this.#outer.pop() ?? []; return; // end, delegate (ends a try)
       default: this.#stack = []; // else, branches, calls and the rest: nothing known
     }
   }
