@@ -90,13 +90,20 @@ test("backing names resolve against the naming image's directory; protocol URLs 
   assert.is(errorCode(() => resolveBackingPath("/images/top.qcow2", "nbd://host/export")), ErrorCode.DiskUnsupported);
 });
 
-test("a raw disk maps as one data extent; neighbouring extents that agree merge", () => {
+test("a raw disk maps its holes as zeros and its data as data; neighbouring extents that agree merge", () => {
   const tmp = tempDir("raw");
   try {
     const path = tmp.path("disk.raw");
     createImage(path, "raw", { size: 65536 });
     const disk = openDisk(path);
-    assert.equal(disk.map(4096, 8192), [{ offset: 4096, length: 8192, present: true, zero: false, data: true, depth: 0, fileOffset: 4096 }]);
+    // A new raw image is one hole: zeros, not data (as qemu-img map says of a sparse file).
+    assert.equal(disk.map(4096, 8192), [{ offset: 4096, length: 8192, present: true, zero: true, data: false, depth: 0, fileOffset: 4096 }]);
+    disk.write(8192, new Uint8Array(4096).fill(1));
+    assert.equal(disk.map(4096, 12288), [
+      { offset: 4096, length: 4096, present: true, zero: true, data: false, depth: 0, fileOffset: 4096 },
+      { offset: 8192, length: 4096, present: true, zero: false, data: true, depth: 0, fileOffset: 8192 },
+      { offset: 12288, length: 4096, present: true, zero: true, data: false, depth: 0, fileOffset: 12288 },
+    ]);
     disk.close();
     const merged = mergeExtents([
       { offset: 0, length: 10, present: true, zero: false, data: true, depth: 0, fileOffset: 100 },

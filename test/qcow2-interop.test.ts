@@ -6,7 +6,8 @@ import { checkImage, createImage, openDisk } from "../host/disk/registry.ts";
 import { ErrorCode } from "../host/errors.ts";
 import { seededRandom } from "../host/prng.ts";
 import { errorCode } from "./support/errors.ts";
-import { qemuCheck, qemuImg, qemuIo, qemuMap, qemuTest, runQemu, tempDir } from "./support/qemu.ts";
+import { assertMapsAgree } from "./support/map-agree.ts";
+import { qemuCheck, qemuImg, qemuIo, qemuMap, qemuTest, runQemu, tempDir, type QemuMapExtent } from "./support/qemu.ts";
 
 const test = suite("qcow2 with qemu-img as the judge: tandem's images check clean, qemu's images read back, maps agree");
 
@@ -84,33 +85,9 @@ function ourMap(image: string): Record<string, unknown>[] {
   }
 }
 
-/**
- * qemu-img map --output=json of `image`, normalised: where qemu's metadata says data but the host
- * file has a hole, qemu asks the file system and reports `"zero": true, "data": true`. Tandem
- * answers from metadata alone (no portable SEEK_HOLE), so such extents become plain data and
- * neighbours that then say the same thing are merged, as qemu merges.
- */
-function qemuMapNormalised(image: string): Record<string, unknown>[] {
-  const merged: Record<string, unknown>[] = [];
-  for (const extent of qemuMap(image)) {
-    const e: Record<string, unknown> = { ...extent };
-    if (e.data === true && e.zero === true) e.zero = false;
-    const last = merged[merged.length - 1];
-    const sameKind = last !== undefined && ["depth", "present", "zero", "data"].every((k) => last[k] === e[k]);
-    const contiguous =
-      last !== undefined &&
-      (last.start as number) + (last.length as number) === e.start &&
-      (last.offset === undefined) === (e.offset === undefined) &&
-      (last.offset === undefined || (last.offset as number) + (last.length as number) === e.offset);
-    if (sameKind && contiguous) last.length = (last.length as number) + (e.length as number);
-    else merged.push(e);
-  }
-  return merged;
-}
-
-/** Asserts our map equals qemu-img map --output=json (normalised for host-file holes), field for field. */
+/** Asserts our map equals qemu-img map --output=json, host-file holes included (support/map-agree.ts). */
 function mapsAgree(image: string): void {
-  assert.equal(ourMap(image), qemuMapNormalised(image), `map of ${image}`);
+  assertMapsAgree(ourMap(image) as unknown as QemuMapExtent[], qemuMap(image), `map of ${image}`);
 }
 
 /** Bytes of a pattern qemu-io's write -P writes. */

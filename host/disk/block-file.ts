@@ -6,6 +6,7 @@
 
 import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, writeSync } from "node:fs";
 import { ErrorCode, TandemError } from "../errors.ts";
+import { holeSeeker } from "../runtime/seek-data.ts";
 
 /** A file holding an image. */
 export interface BlockFile {
@@ -25,6 +26,13 @@ export interface BlockFile {
   truncate(length: number): void;
   /** Closes the file; later calls fail. */
   close(): void;
+  /**
+   * The holes in [offset, offset + length) as [start, end) pairs, found with SEEK_DATA/SEEK_HOLE;
+   * undefined where the runtime cannot seek them (Node). Past the end of the file is a hole.
+   */
+  holes?(offset: number, length: number): Array<[number, number]> | undefined;
+  /** Bytes the file occupies on its device: less than its size only if it has holes. */
+  allocatedBytes?(): number;
 }
 
 /** A {@link BlockFile} over a real file, through `node:fs` (the same on Node, Deno and Bun). */
@@ -94,6 +102,33 @@ export class FileBlockFile implements BlockFile {
       ftruncateSync(fd, length);
     } catch (error) {
       throw ioError(`truncate ${this.path} to ${length} bytes`, error);
+    }
+  }
+  holes(offset: number, length: number): Array<[number, number]> | undefined {
+    const seeker = holeSeeker();
+    if (seeker === null) return undefined;
+    const fd = this.#handle();
+    const end = offset + length;
+    const holes: Array<[number, number]> = [];
+    // Each step moves past one data run, so the loop ends; a failed seek ends it too.
+    for (let pos = offset; pos < end; ) {
+      const data = seeker.seekData(fd, pos);
+      if (data < 0 || data >= end) {
+        holes.push([pos, end]);
+        break;
+      }
+      if (data > pos) holes.push([pos, data]);
+      const hole = seeker.seekHole(fd, data);
+      if (hole <= data) break;
+      pos = hole;
+    }
+    return holes;
+  }
+  allocatedBytes(): number {
+    try {
+      return fstatSync(this.#handle()).blocks * 512;
+    } catch (error) {
+      throw ioError(`stat ${this.path}`, error);
     }
   }
   close(): void {

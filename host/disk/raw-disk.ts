@@ -2,8 +2,9 @@
 
 import { ErrorCode, TandemError } from "../errors.ts";
 import type { BlockFile } from "./block-file.ts";
-import { DiskBase, type Disk, type DiskExtent, type DiskInfo } from "./disk.ts";
+import { DiskBase, mergeExtents, type Disk, type DiskExtent, type DiskInfo } from "./disk.ts";
 import type { DiskCreateOptions, DiskFormat, FormatOpenContext } from "./format.ts";
+import { ZeroFinder, splitByZeros } from "./zero-ranges.ts";
 
 /** Zeros written per call when a raw disk is zeroed or discarded (it has no holes to punch portably). */
 const ZERO_CHUNK = 1 << 20;
@@ -46,8 +47,11 @@ export class RawDisk extends DiskBase {
   protected doFlush(): void {
     this.#file.sync();
   }
+  /** Data, except where the file has holes (or, on Node, all-zero blocks of a sparse file: zero-ranges.ts). */
   protected doMap(offset: number, length: number): DiskExtent[] {
-    return [{ offset, length, present: true, zero: false, data: true, depth: 0, fileOffset: offset }];
+    const extents: DiskExtent[] = [];
+    splitByZeros({ offset, length, present: true, zero: false, data: true, depth: 0, fileOffset: offset }, new ZeroFinder(this.#file), false, extents);
+    return mergeExtents(extents);
   }
   protected doClose(): void {
     if (!this.readOnly) this.#file.sync();

@@ -38,6 +38,7 @@ import { indexMetadata } from "./index-metadata.ts";
 import { Metadata, type MetadataIndex, type MetadataKinds, metadataName } from "./metadata-index.ts";
 import { Refcounts } from "./refcounts.ts";
 import { TableCache, type CachedTable } from "./table-cache.ts";
+import { ZeroFinder, splitByZeros } from "../zero-ranges.ts";
 
 /** The default L2 cache never exceeds QEMU's Linux default (cow-disks.md section 6). */
 export const MAX_DEFAULT_L2_CACHE_BYTES = 32 << 20;
@@ -257,6 +258,8 @@ export class Qcow2Disk extends DiskBase {
   protected doMap(offset: number, length: number): DiskExtent[] {
     const cs = this.#clusterSize;
     const extents: DiskExtent[] = [];
+    // Data clusters whose host bytes are holes read as zeros: QEMU maps them zero (and data).
+    const zeros = new ZeroFinder(this.#file.file);
     let unallocatedFrom = -1;
     const end = offset + length;
     for (let pos = offset; pos < end; ) {
@@ -273,8 +276,12 @@ export class Qcow2Disk extends DiskBase {
         unallocatedFrom = -1;
         const host = entryOffset(this.#hi, this.#lo) + inCluster;
         const extent: DiskExtent = { offset: pos, length: n, present: true, zero: false, data: true, depth: 0 };
-        if (kind === L2Kind.Normal) extent.fileOffset = host;
-        else if (kind === L2Kind.ZeroPlain || kind === L2Kind.ZeroAllocated) {
+        if (kind === L2Kind.Normal) {
+          extent.fileOffset = host;
+          splitByZeros(extent, zeros, true, extents);
+          pos += n;
+          continue;
+        } else if (kind === L2Kind.ZeroPlain || kind === L2Kind.ZeroAllocated) {
           extent.zero = true;
           extent.data = false;
           if (kind === L2Kind.ZeroAllocated) extent.fileOffset = host;
