@@ -21,7 +21,7 @@ import { createImage, openDisk, probeFormat } from "../host/disk/registry.ts";
 import { FileBlockFile } from "../host/disk/block-file.ts";
 import { ErrorCode, TandemError } from "../host/errors.ts";
 import { seededRandom } from "../host/prng.ts";
-import { errorCode } from "./support/errors.ts";
+import { errorCode, failure } from "./support/errors.ts";
 import { tempDir } from "./support/qemu.ts";
 
 const test = suite("qcow2 disks: create, read and write, map and info, caches, hostile images");
@@ -57,17 +57,6 @@ function be32(value: number): Uint8Array {
   const out = new Uint8Array(4);
   new DataView(out.buffer).setUint32(0, value);
   return out;
-}
-
-/** The TandemError `fn` throws (fails the test if it throws nothing or something else). */
-function failure(fn: () => unknown): TandemError {
-  try {
-    fn();
-  } catch (error) {
-    if (error instanceof TandemError) return error;
-    throw error;
-  }
-  throw new Error("expected a TandemError");
 }
 
 /** A 64 KiB-cluster image with guest cluster 0 written (L2 table and data allocated), and where its tables are. */

@@ -1,8 +1,8 @@
 /**
  * lseek(2) with SEEK_DATA and SEEK_HOLE, where the runtime can call it: Bun (bun:ffi) and Deno
  * (Deno.dlopen, which needs --allow-ffi) on Linux. Node has neither a binding for these whence
- * values nor a foreign-function interface, so there callers find
- * zeros by reading instead (host/disk/zero-ranges.ts), and {@link holeSeeker} returns null.
+ * values nor a foreign-function interface: there {@link holeSeeker} returns null, and callers
+ * find zeros by reading instead (host/disk/zero-ranges.ts).
  */
 
 import { platform } from "node:os";

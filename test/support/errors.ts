@@ -14,3 +14,14 @@ export function errorCode(fn: () => unknown): string | undefined {
   }
   return undefined;
 }
+
+/** The TandemError `fn` throws (fails the test if it throws nothing or something else). */
+export function failure(fn: () => unknown): TandemError {
+  try {
+    fn();
+  } catch (error) {
+    if (error instanceof TandemError) return error;
+    throw error;
+  }
+  throw new Error("expected a TandemError");
+}

@@ -4,6 +4,7 @@ import * as assert from "uvu/assert";
 import { openDisk } from "../../../host/disk/registry.ts";
 import { ErrorCode, TandemError } from "../../../host/errors.ts";
 import { NbdServer } from "../../../host/nbd/server.ts";
+import { failure } from "../../support/errors.ts";
 import { runTool } from "../../support/nbd.ts";
 import { qemuCheck, qemuImg, qemuIo, qemuTest, runQemu, tempDir } from "../../support/qemu.ts";
 import { COPIED, CORRUPT_BIT, incompatibleFeatures, layoutOf, offsetOf, patchBytes, patchU64 } from "./image-layout.ts";
@@ -33,17 +34,6 @@ function pointAt(path: string, cluster: number, target: (l: ReturnType<typeof la
   const layout = layoutOf(path);
   const l2 = offsetOf(layout.l1[0].value);
   patchU64(path, l2 + cluster * 8, COPIED | BigInt(target(layout)));
-}
-
-/** The TandemError `fn` throws. */
-function failure(fn: () => unknown): TandemError {
-  try {
-    fn();
-  } catch (error) {
-    if (error instanceof TandemError) return error;
-    throw error;
-  }
-  throw new Error("no error");
 }
 
 // The issue's cases: an L2 entry at refcount block 0, and at the L2 table itself, written through
