@@ -36,6 +36,7 @@ import {
 } from "./l2-entry.ts";
 import { indexMetadata } from "./index-metadata.ts";
 import { Metadata, type MetadataIndex, type MetadataKinds, metadataName } from "./metadata-index.ts";
+import { looksMetadataPreallocated } from "./preallocation.ts";
 import { Refcounts } from "./refcounts.ts";
 import { TableCache, type CachedTable } from "./table-cache.ts";
 import { ZeroFinder, splitByZeros } from "../zero-ranges.ts";
@@ -104,6 +105,8 @@ export class Qcow2Disk extends DiskBase {
   #lo = 0;
   /** The last lookup found no L2 table: every cluster up to the end of its L1 entry's range is unallocated. */
   #noL2Table = false;
+  /** Whether the image looks metadata-preallocated (decided at the first map, as QEMU decides it). */
+  #preallocated: boolean | undefined;
 
   constructor(parts: Qcow2DiskParts) {
     super();
@@ -258,8 +261,10 @@ export class Qcow2Disk extends DiskBase {
   protected doMap(offset: number, length: number): DiskExtent[] {
     const cs = this.#clusterSize;
     const extents: DiskExtent[] = [];
-    // Data clusters whose host bytes are holes read as zeros: QEMU maps them zero (and data).
-    const zeros = new ZeroFinder(this.#file.file);
+    // Data clusters whose host bytes are holes read as zeros: QEMU maps them zero (and data), in
+    // images that look metadata-preallocated (preallocation.ts).
+    this.#preallocated ??= looksMetadataPreallocated(this.#file.file, this.#header);
+    const zeros = this.#preallocated ? new ZeroFinder(this.#file.file) : null;
     let unallocatedFrom = -1;
     const end = offset + length;
     for (let pos = offset; pos < end; ) {
@@ -278,9 +283,11 @@ export class Qcow2Disk extends DiskBase {
         const extent: DiskExtent = { offset: pos, length: n, present: true, zero: false, data: true, depth: 0 };
         if (kind === L2Kind.Normal) {
           extent.fileOffset = host;
-          splitByZeros(extent, zeros, true, extents);
-          pos += n;
-          continue;
+          if (zeros !== null) {
+            splitByZeros(extent, zeros, true, extents);
+            pos += n;
+            continue;
+          }
         } else if (kind === L2Kind.ZeroPlain || kind === L2Kind.ZeroAllocated) {
           extent.zero = true;
           extent.data = false;
