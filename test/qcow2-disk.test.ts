@@ -136,7 +136,13 @@ test("a 64 TiB disk: map, discard and writeZeroes over empty L2 ranges take one 
   disk.writeZeroes(0, size);
   disk.write(size - 512, new Uint8Array(512).fill(1));
   assert.equal(disk.read(size - 1024, 1024), new Uint8Array(1024).fill(1, 512));
-  assert.is(disk.map(0, size).length, 2);
+  // Unallocated up to the last cluster, then that cluster; its unwritten start may map as a host
+  // hole (zero), since this mostly-hole file looks metadata-preallocated (preallocation.ts).
+  const extents = disk.map(0, size);
+  assert.ok(extents.length === 2 || extents.length === 3, JSON.stringify(extents));
+  assert.equal([extents[0].offset, extents[0].length, extents[0].present], [0, size - 64 * KiB, false]);
+  const last = extents[extents.length - 1];
+  assert.equal([last.offset + last.length, last.zero, last.data], [size, false, true]);
   assert.ok(performance.now() - started < 30_000, "bounded work (a guard against a hang, not a speed target)");
   disk.close();
 });
