@@ -7,6 +7,7 @@
 import { runtimeName } from "../host/runtime/runtime.ts";
 import { runBlkifSuite } from "./blkif.ts";
 import { runDiskSuite } from "./disk.ts";
+import { runLinuxSuite } from "./linux.ts";
 import { runMemorySuite, type Progress } from "./memory.ts";
 import { runNbdSuite } from "./nbd.ts";
 import { runProtocolSuite } from "./protocol.ts";
@@ -17,6 +18,7 @@ type Metrics = Record<string, number>;
 const SUITES: Record<string, (progress: Progress) => Metrics | Promise<Metrics>> = {
   blkif: runBlkifSuite,
   disk: runDiskSuite,
+  linux: runLinuxSuite,
   memory: runMemorySuite,
   nbd: runNbdSuite,
   protocol: runProtocolSuite,

@@ -2,12 +2,15 @@
  * The standby of the replication benches, in its own process:
  *   replication-peer.ts <memory MiB> <dirty pages per step>      a reference machine
  *   replication-peer.ts v86 <memory MiB> <cmdline>               a v86 machine (built-in guest)
+ *   replication-peer.ts linux <memory MiB> <data disk image>     tandem's Linux guest (guest/linux/)
  * Prints `PORT <n>` when listening, then one JSON line with the standby's result, and exits.
  * The v86 standby is built with the primary's options (memory and command line, default disk),
  * as v86 requires; it is destroyed before the process exits.
  */
 
+import { openDisk } from "../host/disk/registry.ts";
 import { V86Machine } from "../host/emulators/v86/v86-machine.ts";
+import { linuxGuestFiles, linuxMachineOptions } from "../host/guests/linux-guest.ts";
 import type { Machine } from "../host/machine/machine.ts";
 import { ReferenceMachine } from "../host/machine/reference-machine.ts";
 import { listen, type SocketTransport } from "../host/protocol/socket-transport.ts";
@@ -23,6 +26,17 @@ if (argv[0] === "v86") {
   dispose = () => v86.destroy();
   // The v86 bench pauses the primary between checkpoints to time save_state: not a death.
   heartbeatTimeoutMs = 10_000;
+} else if (argv[0] === "linux") {
+  const files = linuxGuestFiles();
+  const disk = openDisk(argv[2], { format: "raw" });
+  const linux = await V86Machine.create(linuxMachineOptions(files, "bzimage", { data: disk }, Number(argv[1]) << 20));
+  machine = linux;
+  dispose = async () => {
+    await linux.destroy();
+    disk.close();
+  };
+  // A loaded machine can stall a Linux primary for seconds (its first checkpoint pauses it so).
+  heartbeatTimeoutMs = 30_000;
 } else {
   const [mib, dirty] = argv.map(Number);
   const reference = new ReferenceMachine({ memoryBytes: mib << 20, dirtyPages: dirty, stepsPerTick: 0 });

@@ -22,6 +22,7 @@ import { standby, type StandbyResult } from "../replication/secondary.ts";
 import { selfCommand } from "../runtime/self-command.ts";
 import { CounterLog, GUEST_OPTIONS, guestFrom } from "./guests.ts";
 import { runLinuxDemo } from "./linux-demo.ts";
+import { percentile, round } from "./pause-stats.ts";
 import { defineCommand, flag, number, type OptionValues } from "./options.ts";
 import type { Output } from "./output.ts";
 
@@ -258,14 +259,4 @@ function formatSummary(s: DemoSummary, noKill: boolean): string {
     s.state_verified === null ? "" : `standby state          ${s.state_verified ? "equal, byte for byte, to the checkpoint the primary recorded" : "DIFFERS FROM THE PRIMARY'S CHECKPOINT"}`,
     s.ok ? "ok" : "FAILED",
   ].filter((line) => line !== "").join("\n");
-}
-
-function percentile(values: number[], p: number): number {
-  if (values.length === 0) return 0;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
-}
-
-function round(n: number): number {
-  return Math.round(n * 100) / 100;
 }

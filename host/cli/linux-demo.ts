@@ -25,6 +25,7 @@ import { standby, type StandbyResult } from "../replication/secondary.ts";
 import { selfCommand } from "../runtime/self-command.ts";
 import { guestFrom, type GuestValues } from "./guests.ts";
 import type { Output } from "./output.ts";
+import { percentile, round } from "./pause-stats.ts";
 
 /** The Linux demo's verdict. */
 export interface LinuxDemoSummary {
@@ -210,14 +211,4 @@ function formatSummary(s: LinuxDemoSummary): string {
     disk === null ? "" : `released files         ${disk.files_checked} checked: ${disk.files_missing.length} missing, ${disk.files_wrong.length} with other contents`,
     s.ok ? "ok" : "FAILED",
   ].filter((line) => line !== "").join("\n");
-}
-
-function percentile(values: number[], p: number): number {
-  if (values.length === 0) return 0;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
-}
-
-function round(n: number): number {
-  return Math.round(n * 100) / 100;
 }
