@@ -8,15 +8,17 @@
 import { ErrorCode, TandemError } from "../errors.ts";
 import { disksDigest, stateDigest } from "../machine/state-digest.ts";
 import type { Machine } from "../machine/machine.ts";
-import { connect, listen, type SocketAddress, type SocketTransport } from "../protocol/socket-transport.ts";
+import { connect, type SocketAddress, type SocketTransport } from "../protocol/socket-transport.ts";
 import { migrate } from "../replication/migrate.ts";
-import { replicate, type ReleasedOutput } from "../replication/primary.ts";
+import { runPair, type PairNotice, type PeerSource } from "../replication/pair.ts";
+import type { ReleasedOutput } from "../replication/primary.ts";
 import { restore, save } from "../replication/save-restore.ts";
-import { standby } from "../replication/secondary.ts";
+import { Witness, type Ownership } from "../witness/witness.ts";
 import { addressOption, formatAddress } from "./address.ts";
 import { CounterLog, GUEST_OPTIONS, guestFrom } from "./guests.ts";
-import { defineCommand, flag, number, required } from "./options.ts";
+import { defineCommand, flag, number, required, text } from "./options.ts";
 import type { Output } from "./output.ts";
+import { acceptedPeers, dialledPeer, ownerPeer } from "./peer-sources.ts";
 
 /** --run S: seconds the guest runs before the command acts on it. */
 const RUN = number("S", "run the guest S seconds first", { min: 0, max: 86400, default: 1, unit: "seconds" });
@@ -54,99 +56,181 @@ async function connectToSecondary(address: SocketAddress): Promise<SocketTranspo
 
 const CONNECT = addressOption("where `tandem secondary --listen` runs");
 
-/** `tandem primary`: runs until interrupted (SIGINT/SIGTERM) or the other side is lost. */
+/** The options both hosts of a pair take for the witness. */
+const WITNESS_OPTIONS = {
+  witness: text("URLS", "etcd client URLs, comma-separated: a side runs the guest only while it\nholds the guest's key there, so a partition never runs two primaries.\nWithout it a standby takes over whenever its primary goes silent, and\nif the network splits with both hosts alive, BOTH run the guest"),
+  "witness-name": text("NAME", "the guest's name at the witness (keys /tandem/NAME/)", { default: "tandem" }),
+  side: text("NAME", "this host's name at the witness", { shown: "host-PID" }),
+  "lease-ttl": number("S", "the witness lease: a primary that cannot renew it stops within it", { integer: true, min: 1, max: 60, default: 2, unit: "seconds" }),
+};
+
+/** The witness the options describe, if --witness was given. */
+function witnessFrom(values: { witness?: string; "witness-name": string; side?: string; "lease-ttl": number }, listening?: SocketAddress): Witness | undefined {
+  if (!values.witness) return undefined;
+  return new Witness({
+    endpoints: values.witness.split(",").map((url) => url.trim()).filter(Boolean),
+    guest: values["witness-name"],
+    side: values.side ?? `host-${process.pid}`,
+    address: listening ? formatAddress(listening) : undefined,
+    ttlMs: values["lease-ttl"] * 1000,
+  });
+}
+
+/** Resolves on SIGINT or SIGTERM; `stop` ends the wait (and forgets the handlers). */
+function untilInterrupted(): { signal: AbortSignal; forget(): void } {
+  const controller = new AbortController();
+  const stop = () => controller.abort("interrupted");
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+  return {
+    signal: controller.signal,
+    forget: () => {
+      process.off("SIGINT", stop);
+      process.off("SIGTERM", stop);
+    },
+  };
+}
+
+/** What a pair host says about its state: a JSON line with --json, else a line on stderr. */
+function noticer(io: Output, json: boolean): (n: PairNotice) => void {
+  return (n) => {
+    if (json) io.out(JSON.stringify({ type: "pair", state: n.state, generation: n.generation, message: n.message }));
+    else io.err(`tandem: [${n.state}, generation ${n.generation}] ${n.message}`);
+  };
+}
+
+/** `tandem primary`: runs the guest and protects it with whatever standby joins, until interrupted. */
 export const primaryCommand = defineCommand({
   name: "primary",
-  summary: "Run a guest (the built-in one, or one --guest-file describes) and replicate it continuously\nto a `tandem secondary` built from the same description, which takes over if this process\ndies. The guest's output is released once the standby holds it.",
+  summary: "Run a guest (the built-in one, or one --guest-file describes) and replicate it continuously\nto a `tandem secondary` built from the same description, which takes over if this process\ndies. The guest's output is released once the standby holds it. If the standby goes away the\nguest runs on, unprotected, until another joins (--listen) or the secondary at --connect is\nback; generation + 1 with each. With --witness, a primary that loses its lease pauses its\nguest for good and rejoins as a standby of the new owner.",
   options: {
-    connect: required(CONNECT),
+    connect: CONNECT,
+    listen: addressOption("where standbys join (`tandem secondary --join`)"),
     interval: number("MS", "take a checkpoint every MS milliseconds", { above: 0, max: 60_000, default: 25, unit: "milliseconds" }),
     compress: flag("compress the pages of each checkpoint"),
     digests: flag("with --json, print a digest of the whole state at each checkpoint"),
     "disk-digests": flag("with --json, print a digest of the disks at each checkpoint"),
+    heartbeat: number("MS", "once fenced and standing by: take over after MS milliseconds of silence", { above: 0, max: 600_000, default: 500, unit: "milliseconds" }),
+    ...WITNESS_OPTIONS,
     ...GUEST_OPTIONS,
   },
 }, async ({ values }, io) => {
+  if (!values.connect && !values.listen) throw new TandemError(ErrorCode.BadArgument, "primary needs --connect ADDR (a `tandem secondary --listen`) or --listen ADDR (for `tandem secondary --join`), or both");
   const guest = await guestFrom(values);
   const machine = guest.machine;
+  const interrupted = untilInterrupted();
+  let accepted: Awaited<ReturnType<typeof acceptedPeers>> | undefined;
+  let ownership: Ownership | undefined;
   try {
-    const transport = await connectToSecondary(values.connect);
-    const controller = new AbortController();
-    const stop = () => controller.abort("interrupted");
-    process.once("SIGINT", stop);
-    process.once("SIGTERM", stop);
+    // The first standby must be there at the start when dialled, as before; later ones are awaited.
+    const first = values.connect ? await connectToSecondary(values.connect) : undefined;
+    accepted = values.listen ? await acceptedPeers(values.listen) : undefined;
+    if (accepted && values.json) io.out(JSON.stringify({ type: "listening", address: accepted.server.address }));
+    const witness = witnessFrom(values, accepted?.server.address);
+    ownership = await witness?.claimFresh();
+    const dial = values.connect ? dialledPeer(values.connect) : undefined;
+    let handedFirst = false;
+    const standbys: PeerSource = (signal) => {
+      if (first && !handedFirst) {
+        handedFirst = true;
+        return Promise.resolve(first);
+      }
+      // Later standbys join at --listen; without it, the secondary at --connect is dialled again.
+      return (accepted?.source ?? dial!)(signal);
+    };
     const status = statusLine();
     const window: { at: number; bytes: number }[] = [];
     let suspendedDisks: Uint8Array[] = [];
-    const op = replicate(machine, transport, {
-      intervalMs: values.interval,
-      compression: values.compress,
-      ...(guest.responseTimeoutMs ? { sender: { responseTimeoutMs: guest.responseTimeoutMs } } : {}),
+    await runPair(machine, {
+      role: "primary",
+      standbys,
+      primaries: standbys,
+      rejoin: witness ? ownerPeer(witness) : undefined,
+      ownership,
+      witness,
       release: printer(io, values.json),
-      // For a supervisor that checks a standby byte for byte: the state at each checkpoint, hashed.
-      // Or just its disks: copied while paused (cheap), hashed once the guest runs again, and
-      // printed before that checkpoint is sent, so a standby never holds one whose digest is unsaid.
-      onSuspended: values.digests ? (checkpoint) => io.out(JSON.stringify({ type: "suspended", checkpoint, digest: stateDigest(machine, { devices: guest.stableDevices }) }))
-        : values["disk-digests"] ? () => void (suspendedDisks = machine.disks.map((disk) => disk.read(0, disk.size))) : undefined,
-      onResumed: values["disk-digests"] ? (checkpoint) => io.out(JSON.stringify({ type: "disks", checkpoint, digest: disksDigest(suspendedDisks) })) : undefined,
-      onCommitted: (s) => {
-        if (values.json) io.out(JSON.stringify({ type: "checkpoint", ...s }));
-        const now = performance.now();
-        window.push({ at: now, bytes: s.bytes });
-        while (window.length > 1 && now - window[0].at > 1000) window.shift();
-        const seconds = Math.max((now - window[0].at) / 1000, 0.001);
-        status(`checkpoint ${s.checkpoint}: ${(window.length / seconds).toFixed(0)}/s, pause ${s.pauseMs.toFixed(2)} ms, ${s.pages} dirty pages, ` +
-          `${(window.reduce((n, w) => n + w.bytes, 0) / seconds / 1e6).toFixed(1)} MB/s, ${s.heldOutputBytes} B output held`);
+      heartbeatTimeoutMs: values.heartbeat,
+      onNotice: noticer(io, values.json),
+      onTakeover: (result) => values.json && io.out(JSON.stringify({ type: result.outcome, ...result })),
+      replicate: {
+        intervalMs: values.interval,
+        compression: values.compress,
+        ...(guest.responseTimeoutMs ? { sender: { responseTimeoutMs: guest.responseTimeoutMs } } : {}),
+        // For a supervisor that checks a standby byte for byte: the state at each checkpoint, hashed.
+        // Or just its disks: copied while paused (cheap), hashed once the guest runs again, and
+        // printed before that checkpoint is sent, so a standby never holds one whose digest is unsaid.
+        onSuspended: values.digests ? (checkpoint) => io.out(JSON.stringify({ type: "suspended", checkpoint, digest: stateDigest(machine, { devices: guest.stableDevices }) }))
+          : values["disk-digests"] ? () => void (suspendedDisks = machine.disks.map((disk) => disk.read(0, disk.size))) : undefined,
+        onResumed: values["disk-digests"] ? (checkpoint) => io.out(JSON.stringify({ type: "disks", checkpoint, digest: disksDigest(suspendedDisks) })) : undefined,
+        onCommitted: (s) => {
+          if (values.json) io.out(JSON.stringify({ type: "checkpoint", ...s }));
+          const now = performance.now();
+          window.push({ at: now, bytes: s.bytes });
+          while (window.length > 1 && now - window[0].at > 1000) window.shift();
+          const seconds = Math.max((now - window[0].at) / 1000, 0.001);
+          status(`checkpoint ${s.checkpoint}: ${(window.length / seconds).toFixed(0)}/s, pause ${s.pauseMs.toFixed(2)} ms, ${s.pages} dirty pages, ` +
+            `${(window.reduce((n, w) => n + w.bytes, 0) / seconds / 1e6).toFixed(1)} MB/s, ${s.heldOutputBytes} B output held`);
+        },
       },
-      signal: controller.signal,
+      signal: interrupted.signal,
     });
-    try {
-      await op.promise;
-    } catch (error) {
-      if (!(error instanceof TandemError && error.code === ErrorCode.Aborted)) throw error;
-    } finally {
-      process.off("SIGINT", stop);
-      process.off("SIGTERM", stop);
-    }
     return 0;
   } finally {
+    interrupted.forget();
+    ownership?.close();
+    await accepted?.close();
     await guest.close();
   }
 });
 
-/** `tandem secondary`: accepts one primary, stands by, and after a takeover runs the machine until interrupted. */
+/** `tandem secondary`: stands by for a primary, takes over when it is lost, then protects the guest with the next standby. */
 export const secondaryCommand = defineCommand({
   name: "secondary",
-  summary: "Stand by for a `tandem primary`: hold its latest checkpoint, and take over, running the\nguest from that checkpoint, if the primary stops answering. A primary whose guest is not\nthis one (another guest file, memory, kernel...) is refused at connect.",
+  summary: "Stand by for a `tandem primary`: hold its latest checkpoint, and take over, running the\nguest from that checkpoint, if the primary stops answering. A primary whose guest is not\nthis one (another guest file, memory, kernel...) is refused at connect. After a takeover\nit runs the guest and accepts standbys (`tandem secondary --join`) on its --listen address.",
   options: {
-    listen: required(addressOption("where to wait for the primary")),
+    listen: addressOption("where to wait for the primary (--connect), and, after a takeover,\nfor standbys"),
+    join: addressOption("the primary to join (its --listen address), dialled until it answers"),
     heartbeat: number("MS", "take over after MS milliseconds without a word from the primary", { above: 0, max: 600_000, default: 500, unit: "milliseconds" }),
+    ...WITNESS_OPTIONS,
     ...GUEST_OPTIONS,
   },
 }, async ({ values }, io) => {
+  if (!values.listen && !values.join) throw new TandemError(ErrorCode.BadArgument, "secondary needs --listen ADDR (for `tandem primary --connect`) or --join ADDR (a `tandem primary --listen`), or both");
   const guest = await guestFrom(values, { role: "receives" });
   const machine = guest.machine;
+  const interrupted = untilInterrupted();
+  let accepted: Awaited<ReturnType<typeof acceptedPeers>> | undefined;
   try {
-    let accept!: (t: SocketTransport) => void;
-    const accepted = new Promise<SocketTransport>((resolve) => (accept = resolve));
-    const server = await listen(values.listen, (t) => accept(t));
-    if (values.json) io.out(JSON.stringify({ type: "listening", address: server.address }));
-    const transport = await accepted;
-    void server.close(); // stop listening; its promise settles only when this connection ends
+    accepted = values.listen ? await acceptedPeers(values.listen) : undefined;
+    if (accepted && values.json) io.out(JSON.stringify({ type: "listening", address: accepted.server.address }));
+    const witness = witnessFrom(values, accepted?.server.address);
+    // Joining: the address given, or later the owner the witness names (after a chain of takeovers).
+    const primaries = values.join ? dialledPeer(values.join) : accepted!.source;
     const status = statusLine();
-    const op = standby(machine, transport, { heartbeatTimeoutMs: values.heartbeat, release: printer(io, values.json) });
-    op.onProgress((p) => status(`standing by: checkpoint ${p.checkpoints}, ${(p.bytes / 1e6).toFixed(1)} MB received`));
-    const result = await op.promise;
-    status("");
-    if (values.json) io.out(JSON.stringify({ type: result.outcome, ...result }));
-    if (result.outcome === "takeover") {
-      await new Promise<void>((resolve) => {
-        process.once("SIGINT", resolve);
-        process.once("SIGTERM", resolve);
-      });
-    }
+    let stoppedByPrimary = true;
+    await runPair(machine, {
+      role: "standby",
+      primaries,
+      rejoin: witness ? ownerPeer(witness) : primaries,
+      standbys: accepted?.source ?? (() => new Promise<never>(() => {})),
+      witness,
+      release: printer(io, values.json),
+      heartbeatTimeoutMs: values.heartbeat,
+      onNotice: noticer(io, values.json),
+      failOnMismatch: true, // an operator who started the wrong guest hears it, and the exit status says it
+      onStandby: (op) => op.onProgress((p) => status(`standing by: checkpoint ${p.checkpoints}, ${(p.bytes / 1e6).toFixed(1)} MB received`)),
+      onTakeover: (result) => {
+        stoppedByPrimary = false;
+        status("");
+        if (values.json) io.out(JSON.stringify({ type: result.outcome, ...result }));
+      },
+      signal: interrupted.signal,
+    });
+    if (values.json && stoppedByPrimary && !interrupted.signal.aborted) io.out(JSON.stringify({ type: "stopped" }));
     return 0;
   } finally {
+    interrupted.forget();
+    await accepted?.close();
     await guest.close();
   }
 });

@@ -72,6 +72,8 @@ export interface PrimarySideResult {
   outcome: "stopped" | "fenced";
   generation: number;
   lastSeq: number;
+  /** The state machine, to continue (a fenced primary rejoins as a standby). */
+  state: PairStateMachine;
 }
 
 /**
@@ -156,6 +158,9 @@ export async function runPrimarySide(machine: Machine, options: PrimarySideOptio
         const code = error instanceof TandemError ? error.code : undefined;
         if (code === ErrorCode.Fenced || gate.isShut) break;
         if (code === ErrorCode.Aborted) break;
+        // A standby that went away (or refused to go on: fenced to a newer generation) leaves
+        // this side alone; anything else (a standby built for another guest) is the operator's to fix.
+        if (code !== ErrorCode.PeerLost && code !== ErrorCode.Failed) throw error;
         if (ownership) generation = ownership.generation; // confirming advanced it
         state.apply(PairEvent.StandbyLost);
         notice(`the standby was lost (${error instanceof Error ? error.message : String(error)}); ` +
@@ -173,9 +178,9 @@ export async function runPrimarySide(machine: Machine, options: PrimarySideOptio
     if (state.state !== PairState.Fenced) state.apply(PairEvent.LeaseLost);
     notice(`FENCED (${fenceReason}): the guest is paused and releases nothing more`);
     ownership?.close();
-    return { outcome: "fenced", generation, lastSeq: gate.lastSeq };
+    return { outcome: "fenced", generation, lastSeq: gate.lastSeq, state };
   }
-  return { outcome: "stopped", generation, lastSeq: gate.lastSeq };
+  return { outcome: "stopped", generation, lastSeq: gate.lastSeq, state };
 }
 
 /** Options of {@link runStandbySide}. */
@@ -195,6 +200,8 @@ export interface StandbySideOptions {
   /** Called with each standby operation (for progress). */
   onStandby?: (op: ReturnType<typeof standby>) => void;
   standby?: Pick<StandbyOptions, "receiver">;
+  /** A primary built from another guest description ends this side (E_GUEST_MISMATCH) instead of being waited past. */
+  failOnMismatch?: boolean;
   signal?: AbortSignal;
 }
 
@@ -242,6 +249,10 @@ export async function runStandbySide(machine: Machine, options: StandbySideOptio
       result = await op.promise;
     } catch (error) {
       if (signal.aborted) return { outcome: "stopped" };
+      // Lost before a first checkpoint, or another guest refused: wait for the next primary.
+      // Anything else, or a mismatch where the caller wants one to end it, is fatal.
+      const code = error instanceof TandemError ? error.code : undefined;
+      if (code !== ErrorCode.PeerLost && (code !== ErrorCode.GuestMismatch || options.failOnMismatch)) throw error;
       state.apply(PairEvent.Rejoined);
       const why = error instanceof Error ? error.message : String(error);
       notice(error instanceof TandemError && error.code === ErrorCode.GuestMismatch
@@ -260,5 +271,68 @@ export async function runStandbySide(machine: Machine, options: StandbySideOptio
     const generation = won?.generation ?? result.generation + 1;
     options.onNotice?.({ state: state.state, message: `took over at checkpoint ${result.checkpoint} in ${result.failoverMs?.toFixed(1)} ms (generation ${generation}): running, waiting for a standby to join`, generation });
     return { outcome: "takeover", state, gate, ownership: won, generation, result };
+  }
+}
+
+/** Options of {@link runPair}. */
+export interface PairOptions {
+  /** Where this host starts: running the guest, or standing by for a primary. */
+  role: "primary" | "standby";
+  /** Standbys, whenever this host is the primary. */
+  standbys: PeerSource;
+  /** Primaries, when it starts as a standby. */
+  primaries: PeerSource;
+  /** Primaries after this host was fenced (with a witness: the owner it names). Default `primaries`. */
+  rejoin?: PeerSource;
+  /** Starting as primary with a witness: the guest's key, already won. */
+  ownership?: PairOwnership;
+  /** With a witness: what a standby must win before it takes over. */
+  witness?: PairWitness;
+  /** The outside world. */
+  release: (output: ReleasedOutput) => void;
+  heartbeatTimeoutMs?: number;
+  replicate?: PrimarySideOptions["replicate"];
+  onNotice?: (notice: PairNotice) => void;
+  onStandby?: StandbySideOptions["onStandby"];
+  /** See {@link StandbySideOptions.failOnMismatch}. */
+  failOnMismatch?: boolean;
+  /** Told of each takeover this host makes. */
+  onTakeover?: (result: StandbyResult) => void;
+  /** A clean stop. */
+  signal?: AbortSignal;
+}
+
+/**
+ * One host of a pair for as long as it lives: primary (taking standbys), or standby (taking over
+ * when its primary is lost, then primary), or fenced primary rejoining as a standby, in turn.
+ * Resolves when stopped (cancelled, or stood down by its primary).
+ */
+export async function runPair(machine: Machine, options: PairOptions): Promise<void> {
+  let role = options.role;
+  let state: PairStateMachine | undefined;
+  let gate = new ReleaseGate(options.release, { lease: options.ownership });
+  let ownership = options.ownership;
+  let generation = ownership?.generation ?? 0;
+  let primaries = options.primaries;
+  for (;;) {
+    if (role === "primary") {
+      const ran = await runPrimarySide(machine, {
+        standbys: options.standbys, gate, ownership, generation, state, replicate: options.replicate, onNotice: options.onNotice, signal: options.signal,
+      });
+      if (ran.outcome === "stopped") return;
+      role = "standby";
+      state = ran.state;
+      generation = ran.generation;
+      primaries = options.rejoin ?? options.primaries;
+      continue;
+    }
+    const stood = await runStandbySide(machine, {
+      primaries, witness: options.witness, release: options.release, heartbeatTimeoutMs: options.heartbeatTimeoutMs, minGeneration: generation,
+      state, onNotice: options.onNotice, onStandby: options.onStandby, failOnMismatch: options.failOnMismatch, signal: options.signal,
+    });
+    if (stood.outcome === "stopped") return;
+    options.onTakeover?.(stood.result);
+    role = "primary";
+    ({ state, gate, ownership, generation } = stood);
   }
 }
