@@ -72,7 +72,7 @@ export class Witness {
     if (!Number.isInteger(this.ttlMs / 1000) || this.ttlMs < 1000 || !(this.marginMs > 0 && this.marginMs < this.ttlMs / 2)) {
       throw new TandemError(ErrorCode.BadArgument, `lease TTL ${this.ttlMs} ms (whole seconds, at least 1) and margin ${this.marginMs} ms (above 0, under half the TTL)`);
     }
-    this.etcd = new EtcdGateway(options.endpoints, { requestTimeoutMs: options.requestTimeoutMs ?? this.ttlMs / 8 });
+    this.etcd = new EtcdGateway(options.endpoints, { requestTimeoutMs: options.requestTimeoutMs ?? this.ttlMs / 4 });
     this.guest = options.guest;
     this.side = options.side;
     this.address = options.address;
@@ -91,7 +91,15 @@ export class Witness {
    * or a history: starting it afresh would fork it.
    */
   async claimFresh(): Promise<Ownership> {
-    const { lease, grantedAt } = await this.#grant();
+    // A loaded host or an etcd electing a leader may miss one request; a fresh claim may wait.
+    let granted: { lease: string; grantedAt: number } | undefined;
+    for (let attempt = 1; !granted; attempt++) {
+      granted = await this.#grant().catch((error) => {
+        if (attempt >= 5 || !(error instanceof TandemError && error.code === ErrorCode.Witness)) throw error;
+        return undefined;
+      });
+    }
+    const { lease, grantedAt } = granted;
     const record: OwnerRecord = { side: this.side, generation: 1, address: this.address };
     const { succeeded, reads } = await this.etcd.txn(
       [{ key: this.#ownerKey, target: "CREATE", result: "EQUAL", createRevision: "0" },
