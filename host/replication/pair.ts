@@ -268,6 +268,7 @@ export async function runStandbySide(machine: Machine, options: StandbySideOptio
       continue;
     }
     state.apply(PairEvent.TakeOver);
+    gate.continueAfter(result.lastSeq); // the standby knew the sequence even where no output came with it
     const generation = won?.generation ?? result.generation + 1;
     options.onNotice?.({ state: state.state, message: `took over at checkpoint ${result.checkpoint} in ${result.failoverMs?.toFixed(1)} ms (generation ${generation}): running, waiting for a standby to join`, generation });
     return { outcome: "takeover", state, gate, ownership: won, generation, result };

@@ -119,6 +119,11 @@ export class ReleaseGate {
     return this.#drain([output]);
   }
 
+  /** Later seals continue after `seq` (at least): a takeover's history may end in a checkpoint without outputs. */
+  continueAfter(seq: number): void {
+    this.#seq = Math.max(this.#seq, seq);
+  }
+
   /** Calls `listener` once when the gate shuts (at once if it already has). */
   onShut(listener: () => void): void {
     if (this.#shut) listener();
