@@ -22,6 +22,9 @@ import { standby, type StandbyResult } from "../replication/secondary.ts";
 import { selfCommand } from "../runtime/self-command.ts";
 import { CounterLog, GUEST_OPTIONS, guestFrom } from "./guests.ts";
 import { runLinuxDemo } from "./linux-demo.ts";
+import { CommandConsole } from "./console.ts";
+import { forwardLines } from "./lines.ts";
+import { Lifetime } from "./lifetime.ts";
 import { percentile, round } from "./pause-stats.ts";
 import { defineCommand, flag, number, type OptionValues } from "./options.ts";
 import type { Output } from "./output.ts";
@@ -78,9 +81,16 @@ export const demoCommand = defineCommand({
   name: "demo",
   summary: "The main job: replicate the built-in guest to a standby, kill -9 the primary, and watch\nthe standby take over with no gap in its output.",
   options: DEMO_OPTIONS,
-}, ({ values }, io) => runDemo(values, io));
+}, async ({ values }, io) => {
+  const lifetime = new Lifetime();
+  try {
+    return await runDemo(values, io, lifetime);
+  } finally {
+    lifetime.dispose();
+  }
+});
 
-async function runDemo(values: DemoValues, io: Output): Promise<number> {
+async function runDemo(values: DemoValues, io: Output, lifetime: Lifetime): Promise<number> {
   const duration = values.duration * 1000;
   const killAfter = values["kill-after"] * 1000;
   if (killAfter >= duration) {
@@ -90,10 +100,7 @@ async function runDemo(values: DemoValues, io: Output): Promise<number> {
     if (values["no-kill"] || values["verify-state"]) throw new TandemError(ErrorCode.BadArgument, "demo --guest linux always kills its primary and judges the guest's files; --no-kill and --verify-state are the built-in guest's");
     return runLinuxDemo(values, io);
   }
-  const tty = process.stderr.isTTY === true && !values.json;
-  const status = (line: string) => {
-    if (tty) process.stderr.write(`\r\x1b[K${line}`);
-  };
+  const ui = new CommandConsole(io, "demo", { quietStatus: values.json });
 
   // The outside world: each seq once.
   const world = new Map<number, string>();
@@ -105,7 +112,7 @@ async function runDemo(values: DemoValues, io: Output): Promise<number> {
     if (world.has(o.seq) && world.get(o.seq) !== text) conflicts++;
     world.set(o.seq, text);
     (standbyReleased ? fromStandby : fromPrimary).see(text);
-    if (!values.json && !tty) io.out(text.replace(/\n$/, ""));
+    if (!values.json) ui.out(text.replace(/\n$/, ""));
   };
 
   // The standby, here, with its own images of the guest's writable disks (the primary writes those the guest file names).
@@ -126,19 +133,16 @@ async function runDemo(values: DemoValues, io: Output): Promise<number> {
     "primary", "--connect", `127.0.0.1:${port}`, "--json", "--interval", String(values.interval), ...guest.args,
     ...(values["verify-state"] ? ["--digests"] : ["--disk-digests"]),
   ]);
-  const child = spawn(command, rest, { stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn(command, rest, { stdio: ["ignore", "pipe", "pipe"] });
+  // The primary's log lines pass through this console, so they never cut into its status line.
+  forwardLines(child.stderr!, (line) => ui.err(line));
   const pauses: number[] = [];
   const digests = new Map<number, string>();
   const diskDigests = new Map<number, string>();
   let replicating!: () => void;
   const firstCheckpoint = new Promise<void>((resolve) => (replicating = resolve));
-  let pending = "";
-  child.stdout!.on("data", (chunk: Uint8Array) => {
-    pending += new TextDecoder().decode(chunk);
-    const lines = pending.split("\n");
-    pending = lines.pop()!;
-    for (const line of lines) {
-      if (!line.startsWith("{")) continue;
+  forwardLines(child.stdout!, (line) => {
+    if (line.startsWith("{")) {
       const event = JSON.parse(line) as { type: string; seq: number; text: string; pauseMs: number; checkpoint: number; digest: string };
       if (event.type === "disks") diskDigests.set(event.checkpoint, event.digest);
       if (event.type === "output") take(event, false);
@@ -150,15 +154,24 @@ async function runDemo(values: DemoValues, io: Output): Promise<number> {
     }
   });
   const childExit = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-
-  const transport = await accepted;
+  // A primary that dies or is interrupted before connecting must not leave the demo waiting.
+  const transport = await Promise.race([accepted, childExit.then(() => undefined), lifetime.stopped().then(() => undefined)]);
+  if (transport === undefined) {
+    child.kill("SIGKILL");
+    await childExit;
+    void server.close();
+    await guest.close();
+    rmSync(ownDisks, { recursive: true, force: true });
+    if (lifetime.stoppedBy) return 0;
+    throw new TandemError(ErrorCode.Failed, "demo: the primary process exited before connecting (its messages are above)");
+  }
   void server.close(); // stop listening; its promise settles only when this connection ends
   const verify = values["verify-state"];
   const op = standby(machine, transport, { heartbeatTimeoutMs: 500, release: (o) => take(o, true), resume: !verify });
   const ticker = setInterval(() => {
     const p50 = percentile(pauses, 0.5);
     const standbyNote = fromStandby.counters.length > 0 ? `; standby took over at counter ${fromStandby.counters[0]}, now ${fromStandby.last}` : "";
-    status(`primary pid ${child.pid}: ${pauses.length} checkpoints, pause p50 ${p50.toFixed(2)} ms, counter ${fromPrimary.last}${standbyNote}`);
+    ui.status(`primary pid ${child.pid}: ${pauses.length} checkpoints, pause p50 ${p50.toFixed(2)} ms, counter ${fromPrimary.last}${standbyNote}`);
   }, 200);
 
   // --kill-after counts from the first committed checkpoint: a slow start (a loaded machine, a
@@ -177,6 +190,8 @@ async function runDemo(values: DemoValues, io: Output): Promise<number> {
       }
     }, killAfter);
   });
+  // Interrupted: stop the primary cleanly (it stands the standby down), then sum up what happened.
+  void lifetime.stopped().then(() => child.exitCode === null && child.kill("SIGINT"));
   let result: StandbyResult | undefined;
   let standbyError: Error | undefined;
   try {
@@ -196,7 +211,11 @@ async function runDemo(values: DemoValues, io: Output): Promise<number> {
     await machine.resume();
   }
   // Let the standby run on (re-reading sectors written before the takeover) for the rest of --duration.
-  if (result?.outcome === "takeover") await new Promise((r) => setTimeout(r, duration - killAfter));
+  if (result?.outcome === "takeover") {
+    let runOn: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([new Promise((r) => (runOn = setTimeout(r, duration - killAfter))), lifetime.stopped()]);
+    clearTimeout(runOn);
+  }
   clearInterval(ticker);
   clearTimeout(killer);
   clearTimeout(startupLimit);
@@ -204,7 +223,7 @@ async function runDemo(values: DemoValues, io: Output): Promise<number> {
   child.kill("SIGKILL");
   await childExit;
   rmSync(ownDisks, { recursive: true, force: true });
-  status("");
+  ui.end();
 
   const released = new CounterLog();
   for (const seq of [...world.keys()].sort((a, b) => a - b)) released.see(world.get(seq)!);
@@ -237,10 +256,10 @@ async function runDemo(values: DemoValues, io: Output): Promise<number> {
     stateVerified !== false && (!verify || values["no-kill"] || stateVerified === true) &&
     (values["no-kill"] ? result?.outcome === "stopped" : tookOver && summary.first_standby_counter !== null && (verify || diskAtTakeover !== null));
   if (values.json) {
-    io.out(JSON.stringify(summary));
+    ui.out(JSON.stringify(summary));
   } else {
-    if (standbyError) io.err(`standby: ${standbyError.message}`);
-    io.out(formatSummary(summary, values["no-kill"]));
+    if (standbyError) ui.log("standby failed", standbyError.message);
+    ui.out(formatSummary(summary, values["no-kill"]));
   }
   return summary.ok ? 0 : 1;
 }

@@ -3,6 +3,12 @@
 
 import { reportError, runCli } from "./commands.ts";
 
+/**
+ * Once the command has returned, the process should end by itself; if some handle still holds
+ * it (a bug, or a library's timer), it exits anyway after this long rather than hang a service.
+ */
+const EXIT_GRACE_MS = 2000;
+
 const io = { out: (line: string) => console.log(line), err: (line: string) => console.error(line) };
 let code: number;
 try {
@@ -11,3 +17,4 @@ try {
   code = reportError(error, io, undefined);
 }
 process.exitCode = code;
+setTimeout(() => process.exit(code), EXIT_GRACE_MS).unref();

@@ -5,6 +5,7 @@
  * serial output goes to stdout and a status line to a terminal's stderr.
  */
 
+import { existsSync, statSync } from "node:fs";
 import { ErrorCode, TandemError } from "../errors.ts";
 import { disksDigest, stateDigest } from "../machine/state-digest.ts";
 import type { Machine } from "../machine/machine.ts";
@@ -15,7 +16,9 @@ import type { ReleasedOutput } from "../replication/primary.ts";
 import { restore, save } from "../replication/save-restore.ts";
 import { Witness, type Ownership } from "../witness/witness.ts";
 import { addressOption, formatAddress } from "./address.ts";
+import { CommandConsole } from "./console.ts";
 import { CounterLog, GUEST_OPTIONS, guestFrom } from "./guests.ts";
+import { Lifetime } from "./lifetime.ts";
 import { defineCommand, flag, number, required, text } from "./options.ts";
 import type { Output } from "./output.ts";
 import { acceptedPeers, dialledPeer, ownerPeer } from "./peer-sources.ts";
@@ -29,12 +32,6 @@ function statusLine(): (line: string) => void {
   return (line) => {
     if (tty) process.stderr.write(`\r\x1b[K${line}`);
   };
-}
-
-/** Seconds of running the guest before acting on it (--run S). */
-function runFor(machine: Machine, seconds: number): Promise<void> {
-  machine.resume();
-  return new Promise((resolve) => setTimeout(resolve, seconds * 1000));
 }
 
 function printer(io: Output, json: boolean) {
@@ -235,6 +232,32 @@ export const secondaryCommand = defineCommand({
   }
 });
 
+
+/** Runs the guest for `seconds`, or until `lifetime` ends; true if it ran the whole time. */
+async function runWhileAlive(machine: Machine, seconds: number, lifetime: Lifetime): Promise<boolean> {
+  await machine.resume();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const ran = new Promise<true>((resolve) => (timer = setTimeout(() => resolve(true), seconds * 1000)));
+  const result = await Promise.race([ran, lifetime.stopped().then(() => false)]);
+  clearTimeout(timer);
+  return result;
+}
+
+/** Prints released outputs through `ui`: as JSON lines, or as the guest's text. */
+function printTo(ui: CommandConsole, json: boolean) {
+  return (o: ReleasedOutput) => {
+    const text = new TextDecoder().decode(o.data);
+    ui.out(json ? JSON.stringify({ type: "output", seq: o.seq, channel: o.channel, text }) : text.replace(/\n$/, ""));
+  };
+}
+
+/** Logs a stop by signal; exit status 0. */
+function stopped(ui: CommandConsole, lifetime: Lifetime): number {
+  ui.end();
+  ui.log("stopped", lifetime.stoppedBy);
+  return 0;
+}
+
 /** `tandem migrate`: runs the guest for --run seconds, then migrates it to `tandem secondary --listen` at --connect. */
 export const migrateCommand = defineCommand({
   name: "migrate",
@@ -242,23 +265,38 @@ export const migrateCommand = defineCommand({
   options: {
     connect: required(CONNECT),
     run: RUN,
-    "max-downtime": number("MS", "stop the guest for the last round once it would take at most MS milliseconds", { min: 0, max: 60_000, default: 30, unit: "milliseconds" }),
+    "max-downtime": number("MS", "the longest the guest may stand still; the last round starts once it fits", { min: 0, max: 60_000, default: 30, unit: "milliseconds" }),
     ...GUEST_OPTIONS,
   },
 }, async ({ values }, io) => {
+  const lifetime = new Lifetime();
+  const ui = new CommandConsole(io, "migrate", { quietStatus: values.json });
   const guest = await guestFrom(values);
   const machine = guest.machine;
   try {
-    await runFor(machine, values.run);
-    const status = statusLine();
-    const op = migrate(machine, await connectToSecondary(values.connect), { maxDowntimeMs: values["max-downtime"], release: printer(io, values.json) });
-    op.onProgress((p) => status(`${p.phase}: round ${p.iterations}, ${p.pages} pages, ${(p.bytes / 1e6).toFixed(1)} MB`));
-    const result = await op.promise;
-    status("");
-    io.out(values.json ? JSON.stringify({ type: "migrated", ...result })
-      : `migrated in ${result.totalMs.toFixed(0)} ms (${result.iterations} rounds, ${result.converged ? "converged" : "stopped at the limit"}), downtime ${result.downtimeMs.toFixed(1)} ms`);
+    if (!(await runWhileAlive(machine, values.run, lifetime))) return stopped(ui, lifetime);
+    const transport = await connectToSecondary(values.connect);
+    ui.log("connected", formatAddress(values.connect));
+    const op = migrate(machine, transport, { maxDowntimeMs: values["max-downtime"], release: printTo(ui, values.json), signal: lifetime.signal });
+    op.onProgress((p) => ui.status(`${p.phase}: round ${p.iterations}, ${p.pages} pages, ${(p.bytes / 1e6).toFixed(1)} MB`));
+    let result;
+    try {
+      result = await op.promise;
+    } catch (error) {
+      if (error instanceof TandemError && error.code === ErrorCode.Aborted) return stopped(ui, lifetime);
+      throw error;
+    }
+    ui.end();
+    // Converged: what was left fitted the target, and the handover did take no longer than it.
+    const converged = result.converged && result.downtimeMs <= values["max-downtime"];
+    ui.log("migrated", `downtime ${result.downtimeMs.toFixed(1)} ms`);
+    ui.out(values.json ? JSON.stringify({ type: "migrated", ...result, converged, maxDowntimeMs: values["max-downtime"] })
+      : `migrated in ${result.totalMs.toFixed(0)} ms (${result.iterations} rounds), downtime ${result.downtimeMs.toFixed(1)} ms: ` +
+        (converged ? "converged" : result.converged ? `not converged (over the ${values["max-downtime"]} ms target)` : "not converged (stopped at the round limit)"));
     return 0;
   } finally {
+    ui.end();
+    lifetime.dispose();
     await guest.close();
   }
 });
@@ -270,19 +308,26 @@ export const saveCommand = defineCommand({
   minOperands: 1,
   maxOperands: 1,
   summary: "Run the guest S seconds, then save it (RAM, devices, disks) to FILE.",
-  options: { run: RUN, ...GUEST_OPTIONS },
+  options: { run: RUN, force: flag("overwrite FILE if it exists"), ...GUEST_OPTIONS },
 }, async ({ values, operands: [file] }, io) => {
+  if (existsSync(file)) {
+    if (statSync(file).isDirectory()) throw new TandemError(ErrorCode.BadArgument, `save: ${file} is a directory; give a file name`);
+    if (!values.force) throw new TandemError(ErrorCode.BadArgument, `save: ${file} exists; give --force to overwrite it`);
+  }
+  const lifetime = new Lifetime();
+  const ui = new CommandConsole(io, "save", { quietStatus: values.json });
   const guest = await guestFrom(values);
   const machine = guest.machine;
   const log = new CounterLog();
   machine.onOutput((o) => log.see(new TextDecoder().decode(o.data)));
   try {
-    await runFor(machine, values.run);
-    const result = await save(machine, file, { stop: true }).promise;
-    io.out(values.json ? JSON.stringify({ type: "saved", counter: log.last, ...result })
+    if (!(await runWhileAlive(machine, values.run, lifetime))) return stopped(ui, lifetime);
+    const result = await save(machine, file, { stop: true, signal: lifetime.signal }).promise;
+    ui.out(values.json ? JSON.stringify({ type: "saved", counter: log.last, ...result })
       : `saved at counter ${log.last}: ${result.bytes} bytes (${result.zeroPages} of ${result.pages} pages zero), paused ${result.pauseMs.toFixed(1)} ms`);
     return 0;
   } finally {
+    lifetime.dispose();
     await guest.close();
   }
 });
@@ -296,22 +341,25 @@ export const restoreCommand = defineCommand({
   summary: "Restore the guest from FILE (made by `tandem save` with the same guest options)\nand run it S seconds, printing its output.",
   options: { run: RUN, ...GUEST_OPTIONS },
 }, async ({ values, operands: [file] }, io) => {
+  const lifetime = new Lifetime();
+  const ui = new CommandConsole(io, "restore", { quietStatus: values.json });
   const guest = await guestFrom(values, { role: "receives" });
   const machine = guest.machine;
   const log = new CounterLog();
   machine.onOutput((o) => {
     const text = new TextDecoder().decode(o.data);
     log.see(text);
-    if (!values.json) io.out(text.replace(/\n$/, ""));
+    if (!values.json) ui.out(text.replace(/\n$/, ""));
   });
   try {
-    await restore(machine, file, { resume: false }).promise;
-    await runFor(machine, values.run);
+    await restore(machine, file, { resume: false, signal: lifetime.signal }).promise;
+    await runWhileAlive(machine, values.run, lifetime);
   } finally {
+    lifetime.dispose();
     await guest.close();
   }
   const first = log.counters[0] ?? null;
-  io.out(values.json ? JSON.stringify({ type: "restored", firstOutput: first, last: log.last, diskErrors: log.diskErrors })
+  ui.out(values.json ? JSON.stringify({ type: "restored", firstOutput: first, last: log.last, diskErrors: log.diskErrors })
     : `restored; the guest went on from counter ${first} to ${log.last}, ${log.diskErrors} disk errors`);
   return log.diskErrors === 0 && first !== null ? 0 : 1;
 });

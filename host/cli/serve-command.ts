@@ -9,6 +9,8 @@ import { formatNames, openDisk } from "../disk/registry.ts";
 import { ErrorCode, TandemError } from "../errors.ts";
 import { NBD_DEFAULT_PORT } from "../nbd/protocol.ts";
 import { NbdServer, type NbdAddress, type NbdLogLevel } from "../nbd/server.ts";
+import { CommandConsole } from "./console.ts";
+import { Lifetime } from "./lifetime.ts";
 import { choice, defineCommand, flag, number, text } from "./options.ts";
 
 /** `tandem serve`: serves until SIGTERM or SIGINT; 0 after a clean stop. */
@@ -38,39 +40,47 @@ SIGHUP takes a checkpoint (flush).`,
   }
   const address: NbdAddress = values.socket !== undefined ? { path: values.socket } : { port: values.port ?? NBD_DEFAULT_PORT, host: values.bind };
   const shown = new Set<NbdLogLevel>(["info", ...(values.verbose || values.debug ? (["verbose"] as const) : []), ...(values.debug ? (["debug"] as const) : [])]);
-  const disk = openDisk(file, { format: values.format, readOnly: values["read-only"] === true, sync: values.sync === true });
-  let server: NbdServer;
+  const lifetime = new Lifetime();
+  const ui = new CommandConsole(io, "serve");
   try {
-    server = await NbdServer.listen(
-      { disk, exportName: values.export ?? "", description: `tandem ${disk.format} image ${file}`, log: (level, message) => shown.has(level) && io.err(`serve: ${message}`) },
-      address,
-    );
-  } catch (error) {
-    disk.close();
-    throw new TandemError(ErrorCode.BadArgument, `serve: cannot listen (${error instanceof Error ? error.message : String(error)}); choose another --port or --socket`);
-  }
-  if (values.pidfile !== undefined) writeFileSync(values.pidfile, `${process.pid}\n`);
-  if (disk.info().formatSpecific?.corrupt === true && values["read-only"] !== true) {
-    io.err(`serve: ${file} is marked corrupt: serving it read-only until it is repaired (tandem img check -r all)`);
-  }
-  io.out(`serve: listening on ${server.uri} (${disk.format}, ${disk.size} bytes${disk.readOnly ? ", read-only" : ""}${values.sync ? ", sync" : ""})`);
-  const onHangup = (): void => {
+    const disk = openDisk(file, { format: values.format, readOnly: values["read-only"] === true, sync: values.sync === true });
+    let server: NbdServer;
     try {
-      server.checkpoint();
+      server = await NbdServer.listen(
+        { disk, exportName: values.export ?? "", description: `tandem ${disk.format} image ${file}`, log: (level, message) => shown.has(level) && ui.log(message) },
+        address,
+      );
     } catch (error) {
-      io.err(`serve: checkpoint failed: ${error instanceof Error ? error.message : String(error)}`);
+      disk.close();
+      if (error instanceof TandemError) throw error;
+      throw new TandemError(ErrorCode.BadArgument, `serve: cannot listen (${error instanceof Error ? error.message : String(error)}); choose another --port or --socket`);
     }
-  };
-  process.on("SIGHUP", onHangup);
-  const signal = await new Promise<string>((resolve) => {
-    process.once("SIGINT", () => resolve("SIGINT"));
-    process.once("SIGTERM", () => resolve("SIGTERM"));
-  });
-  process.off("SIGHUP", onHangup);
-  io.out(`serve: ${signal}: stopping`);
-  await server.close();
-  disk.close();
-  if (values.pidfile !== undefined) rmSync(values.pidfile, { force: true });
-  io.out("serve: stopped");
-  return 0;
+    if (values.pidfile !== undefined) writeFileSync(values.pidfile, `${process.pid}\n`);
+    if (disk.info().formatSpecific?.corrupt === true && values["read-only"] !== true) {
+      io.err(`serve: ${file} is marked corrupt: serving it read-only until it is repaired (tandem img check -r all)`);
+    }
+    // The ready line on stdout, for scripts that wait for it; the event on stderr, for the log.
+    io.out(`serve: listening on ${server.uri} (${disk.format}, ${disk.size} bytes${disk.readOnly ? ", read-only" : ""}${values.sync ? ", sync" : ""})`);
+    ui.log("listening", server.uri);
+    const onHangup = (): void => {
+      try {
+        server.checkpoint();
+        ui.log("checkpoint", "SIGHUP: flushed");
+      } catch (error) {
+        ui.log("checkpoint failed", error instanceof Error ? error.message : String(error));
+      }
+    };
+    process.on("SIGHUP", onHangup);
+    const signal = await lifetime.stopped();
+    process.off("SIGHUP", onHangup);
+    ui.log("stopping", signal);
+    await server.close();
+    disk.close();
+    if (values.pidfile !== undefined) rmSync(values.pidfile, { force: true });
+    io.out("serve: stopped");
+    ui.log("stopped");
+    return 0;
+  } finally {
+    lifetime.dispose();
+  }
 });

@@ -5,6 +5,8 @@
  */
 
 import { serveXenStore } from "../xen/xenstore/server.ts";
+import { CommandConsole } from "./console.ts";
+import { Lifetime } from "./lifetime.ts";
 import { defineCommand, required, text } from "./options.ts";
 
 /** `tandem xenstored`: serves until interrupted; 0 after a clean stop. */
@@ -15,13 +17,19 @@ export const xenstoredCommand = defineCommand({
     socket: required(text("PATH", "the Unix socket to listen on")),
   },
 }, async ({ values }, io) => {
-  const server = await serveXenStore(values.socket);
-  io.out(`xenstored: listening on ${server.path} (XENSTORED_PATH=${server.path})`);
-  await new Promise<void>((resolve) => {
-    process.once("SIGINT", resolve);
-    process.once("SIGTERM", resolve);
-  });
-  await server.close();
-  io.out("xenstored: stopped");
-  return 0;
+  const lifetime = new Lifetime();
+  const ui = new CommandConsole(io, "xenstored");
+  try {
+    const server = await serveXenStore(values.socket);
+    io.out(`xenstored: listening on ${server.path} (XENSTORED_PATH=${server.path})`);
+    ui.log("listening", server.path);
+    const signal = await lifetime.stopped();
+    ui.log("stopping", signal);
+    await server.close();
+    io.out("xenstored: stopped");
+    ui.log("stopped");
+    return 0;
+  } finally {
+    lifetime.dispose();
+  }
 });

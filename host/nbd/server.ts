@@ -5,10 +5,10 @@
  * errors or closed, never affecting the others or the image.
  */
 
-import { existsSync, lstatSync, rmSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import * as net from "node:net";
 import type { Disk } from "../disk/disk.ts";
-import { ErrorCode, TandemError } from "../errors.ts";
+import { claimSocketPath } from "../runtime/socket-file.ts";
 import { Handshake, type ExportDescription, type Want } from "./handshake.ts";
 import { InputQueue } from "./input-queue.ts";
 import { MAX_PAYLOAD, Transmission } from "./transmission.ts";
@@ -68,13 +68,8 @@ export class NbdServer {
   /** Starts listening. */
   static async listen(options: NbdServerOptions, where: NbdAddress): Promise<NbdServer> {
     const listener = net.createServer({ noDelay: true });
-    if ("path" in where && existsSync(where.path)) {
-      // A socket left by a server that died is replaced; any other file is not ours to remove.
-      if (!lstatSync(where.path).isSocket()) {
-        throw new TandemError(ErrorCode.BadArgument, `${where.path} exists and is not a socket; choose another --socket path`);
-      }
-      rmSync(where.path);
-    }
+    // A socket left by a server that died is replaced; a live one or any other file is refused.
+    if ("path" in where) await claimSocketPath(where.path);
     await new Promise<void>((resolve, reject) => {
       listener.once("error", reject);
       if ("path" in where) listener.listen(where.path, resolve);

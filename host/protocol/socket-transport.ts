@@ -5,6 +5,7 @@
 import * as net from "node:net";
 import { ErrorCode, TandemError } from "../errors.ts";
 import { runtimeName } from "../runtime/runtime.ts";
+import { claimSocketPath } from "../runtime/socket-file.ts";
 import { tracerFor, type Tracer } from "../trace.ts";
 import { TransportBase, closedError } from "./transport.ts";
 
@@ -87,8 +88,12 @@ export interface TransportServer {
   close(): Promise<void>;
 }
 
-/** Listens on `address`, calling `accept` with each connection. */
-export function listen(address: SocketAddress, accept: (transport: SocketTransport) => void): Promise<TransportServer> {
+/**
+ * Listens on `address`, calling `accept` with each connection. A stale socket file (nothing
+ * accepts on it) is replaced; a live one is refused (runtime/socket-file.ts).
+ */
+export async function listen(address: SocketAddress, accept: (transport: SocketTransport) => void): Promise<TransportServer> {
+  if ("path" in address) await claimSocketPath(address.path);
   return new Promise((resolve, reject) => {
     const server = net.createServer((socket) => accept(new SocketTransport(socket)));
     server.once("error", (error) => reject(new TandemError(ErrorCode.BadArgument, `cannot listen on ${describe(address)}: ${error.message}`)));

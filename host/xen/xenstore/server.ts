@@ -13,6 +13,7 @@
 import * as fs from "node:fs";
 import * as net from "node:net";
 import { ErrorCode, TandemError } from "../../errors.ts";
+import { claimSocketPath } from "../../runtime/socket-file.ts";
 import { errorReply, handleRequest, watchEventMessage } from "./requests.ts";
 import { XenStore } from "./store.ts";
 import { XsDecoder, encodeMessage } from "./wire.ts";
@@ -49,7 +50,7 @@ export async function serveXenStore(path: string, options: XenStoreServerOptions
   const store = options.store ?? new XenStore();
   const domid = options.domid ?? 0;
   const maxPending = options.maxPendingOutputBytes ?? DEFAULT_MAX_PENDING_OUTPUT;
-  await removeStaleSocket(path);
+  await claimSocketPath(path);
   const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
     sockets.add(socket);
@@ -129,25 +130,4 @@ function serveConnection(socket: net.Socket, store: XenStore, domid: number, max
   // A reset by the peer is its business; the connection just ends.
   socket.on("error", () => socket.destroy());
   socket.once("close", () => connection.close());
-}
-
-/** Removes `path` if it is a socket nobody listens on; refuses to touch anything else. */
-async function removeStaleSocket(path: string): Promise<void> {
-  let stat: fs.Stats;
-  try {
-    stat = fs.lstatSync(path);
-  } catch {
-    return;
-  }
-  if (!stat.isSocket()) throw new TandemError(ErrorCode.BadArgument, `${path} exists and is not a socket; choose another --socket path`);
-  const live = await new Promise<boolean>((resolve) => {
-    const probe = net.connect({ path });
-    probe.once("connect", () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once("error", () => resolve(false));
-  });
-  if (live) throw new TandemError(ErrorCode.BadArgument, `a server already listens on ${path}`);
-  fs.rmSync(path, { force: true });
 }
