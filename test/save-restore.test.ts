@@ -3,6 +3,7 @@ import * as assert from "uvu/assert";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { crc32c } from "../host/disk/crc32.ts";
 import { ErrorCode, type TandemError } from "../host/errors.ts";
 import { ReferenceMachine } from "../host/machine/reference-machine.ts";
 import { restore, save } from "../host/replication/save-restore.ts";
@@ -39,7 +40,7 @@ test("a cut, corrupted or foreign image is refused and the machine is left as it
   const cases: [string, Uint8Array, string][] = [
     ["cut short", good.subarray(0, good.length - 8), ErrorCode.StreamFormat],
     ["cut in a record", good.subarray(0, Math.floor(good.length / 2)), ErrorCode.StreamFormat],
-    ["bad magic", Uint8Array.from(good, (b, i) => (i === 0 ? 0 : b)), ErrorCode.StreamVersion],
+    ["bad magic", Uint8Array.from(good, (b, i) => (i === 0 ? 0 : b)), ErrorCode.StreamFormat], // the header's checksum catches it first
   ];
   for (const [name, bytes, code] of cases) {
     const bad = join(dir, name.replace(/ /g, "-"));
@@ -55,6 +56,41 @@ test("a cut, corrupted or foreign image is refused and the machine is left as it
   assert.is(refusal?.code, ErrorCode.GuestMismatch, "another memory size");
   assert.match(refusal!.message, "memory: image 2 MiB, machine 4 MiB");
   assert.is(await rejectionCode(restore(bigger, join(dir, "missing")).promise), ErrorCode.BadArgument, "no such file");
+});
+
+test("every part of a saved image carries a CRC-32C: a changed byte anywhere is refused, naming the record", async () => {
+  const source = new ReferenceMachine(OPTIONS);
+  source.step(10);
+  const file = join(dir, "checked");
+  await save(source, file).promise;
+  const good = readFileSync(file);
+  const flip = (at: number) => Uint8Array.from(good, (b, i) => (i === at ? b ^ 0x40 : b));
+  // A byte in the middle of the image lies in page data; one near the end in the trailer.
+  const cases: [string, Uint8Array, RegExp][] = [
+    ["page data", flip(Math.floor(good.length / 3)), /record \d+ \([\w-]+\) at byte \d+ is damaged: its checksum does not match/],
+    ["header", flip(12), /the stream header \(bytes 0 to \d+\) is damaged/],
+    ["checksum table", flip(good.length - 24), /checksum table is damaged/],
+    ["no trailer", good.subarray(0, good.length - 20), /has no checksums at its end/],
+  ];
+  for (const [name, bytes, message] of cases) {
+    const bad = join(dir, `damaged-${name.replace(/ /g, "-")}`);
+    writeFileSync(bad, bytes);
+    const target = new ReferenceMachine(OPTIONS);
+    const before = target.memory[0].bytes().slice();
+    const error = await restore(target, bad).promise.then(() => undefined, (e: unknown) => e as TandemError);
+    assert.is(error?.code, ErrorCode.StreamFormat, name);
+    assert.match(error!.message, message, name);
+    assert.ok(error!.message.includes(bad), `${name}: names the file`);
+    assert.ok(bytesEqual(target.memory[0].bytes(), before), `${name}: RAM untouched`);
+  }
+});
+
+test("crc32c: the check value of the Castagnoli polynomial, and continuation", () => {
+  const nine = new TextEncoder().encode("123456789");
+  assert.is(crc32c(nine), 0xe3069283);
+  assert.is(crc32c(nine.subarray(4), crc32c(nine.subarray(0, 4))), 0xe3069283);
+  const odd = Uint8Array.from({ length: 1001 }, (_, i) => (i * 37) & 0xff);
+  assert.is(crc32c(odd), crc32c(odd.subarray(13), crc32c(odd.subarray(0, 13))), "eight at a time and byte at a time agree");
 });
 
 test("saving over an image replaces it whole; a failed write leaves the old one", async () => {

@@ -1,6 +1,7 @@
 /**
  * Saving a machine to a file and restoring it, in the checkpoint stream format: the header, one
- * complete checkpoint (every page, the device state, whole disks), and END.
+ * complete checkpoint (every page, the device state, whole disks), and END; then the CRC-32C of
+ * each part (saved-image.ts), checked on restore.
  */
 
 import { readFile, rename, rm, writeFile } from "node:fs/promises";
@@ -11,6 +12,7 @@ import { PageDeltaCodec } from "../protocol/page-delta.ts";
 import { StreamReader } from "../protocol/stream/reader.ts";
 import { StreamWriter } from "../protocol/stream/writer.ts";
 import { applyCheckpoint } from "./apply-checkpoint.ts";
+import { checkedStream, withChecksums } from "./saved-image.ts";
 import { captureAllMemory, captureWholeDisks } from "./capture.ts";
 import { checkStreamGuest, streamHeaderFor } from "./stream-guest.ts";
 
@@ -35,8 +37,10 @@ export function save(machine: Machine, path: string, options: { stop?: boolean; 
     const started = performance.now();
     await machine.pause();
     let captured: { pages: number; zeroPages: number };
+    let headerLength = 0;
     try {
       writer.writeHeader();
+      headerLength = writer.length;
       captured = captureAllMemory(machine, writer);
       writer.deviceState(0, machine.saveDevices());
       captureWholeDisks(machine, writer);
@@ -46,7 +50,8 @@ export function save(machine: Machine, path: string, options: { stop?: boolean; 
       if (wasRunning && !options.stop) await machine.resume();
     }
     const pauseMs = performance.now() - started;
-    const bytes = writer.take();
+    // Checksummed after the machine runs again: it costs no pause.
+    const bytes = withChecksums(writer.take(), headerLength);
     ctx.report({ phase: "writing", bytes: bytes.length, pages: captured.pages });
     ctx.throwIfAborted();
     const temporary = `${path}.tandem-partial`;
@@ -76,7 +81,7 @@ export function restore(machine: Machine, path: string, options: { resume?: bool
     }
     ctx.throwIfAborted();
     const reader = new StreamReader();
-    const records = reader.read(bytes);
+    const records = reader.read(checkedStream(bytes, path));
     if (records[records.length - 1]?.type !== "end") {
       throw new TandemError(ErrorCode.StreamFormat, `${path} does not end with END: it is cut short, or not a saved image`);
     }
