@@ -48,77 +48,13 @@ test("the README's service command (node dist/cli/main.js serve) stops on SIGTER
   assert.not.ok(existsSync(socket), "the socket file is removed");
 });
 
-test("primary and secondary log each event; SIGTERM to the primary stands the standby down; both exit 0", async () => {
-  const socket = join(dir, "pair.sock");
-  const secondary = startTandem(["secondary", "--listen", socket, ...GUEST]);
-  await secondary.waitFor(logLine("secondary", "listening"));
-  const primary = startTandem(["primary", "--connect", socket, ...GUEST]);
-  await primary.waitFor(logLine("primary", "protected"));
-  await secondary.waitFor(logLine("secondary", "protected"));
-  assert.match(primary.stderr(), logLine("primary", "connected"));
-  assert.match(secondary.stderr(), logLine("secondary", "connected"));
-  await primary.waitFor(/^counter \d+$/m); // the guest's output, on stdout
-  assert.not.match(primary.stdout(), /primary: /, "no log line on stdout");
-  primary.signal("SIGTERM");
-  await stoppedCleanly(primary, "SIGTERM", "primary");
-  assert.match(primary.stderr(), logLine("primary", "stopped: SIGTERM"));
-  await stoppedCleanly(secondary, "SIGTERM", "secondary stood down");
-  assert.match(secondary.stderr(), logLine("secondary", "stopped: the primary stood this standby down"));
-});
-
-test("kill -9 of the primary: the secondary logs its takeover, runs on, and stops on SIGINT, removing nothing it should keep", async () => {
-  const socket = join(dir, "takeover.sock");
-  const secondary = startTandem(["secondary", "--listen", socket, "--heartbeat", "300", ...GUEST]);
-  await secondary.waitFor(logLine("secondary", "listening"));
-  const primary = startTandem(["primary", "--connect", socket, ...GUEST]);
-  await secondary.waitFor(logLine("secondary", "protected"));
-  primary.signal("SIGKILL");
-  await primary.exited;
-  await secondary.waitFor(logLine("secondary", "took over"), 20_000);
-  secondary.signal("SIGINT");
-  await stoppedCleanly(secondary, "SIGINT", "secondary after takeover");
-  assert.match(secondary.stderr(), logLine("secondary", "stopped: SIGINT"));
-});
-
-test("a waiting secondary stops on SIGINT and leaves no socket; a stale socket file is replaced, a live one refused", async () => {
-  const socket = join(dir, "waiting.sock");
-  const first = startTandem(["secondary", "--listen", socket, ...GUEST]);
-  await first.waitFor(logLine("secondary", "listening"));
-  const second = startTandem(["secondary", "--listen", socket, ...GUEST]);
-  const refused = await second.exited;
-  assert.is(refused.code, 2, second.stderr());
-  assert.match(second.stderr(), `a server is already listening on ${socket}`);
-  assert.not.ok(hasStackTrace(second.stderr()));
-  first.signal("SIGINT");
-  await stoppedCleanly(first, "SIGINT", "waiting secondary");
-  assert.not.ok(existsSync(socket), "its socket file is gone");
-
-  // A socket file nothing accepts on, as a server killed with SIGKILL leaves it.
-  const killed = startTandem(["xenstored", "--socket", socket]);
-  await killed.waitFor(logLine("xenstored", "listening"));
-  killed.signal("SIGKILL");
-  await killed.exited;
-  assert.ok(existsSync(socket), "SIGKILL left the socket file");
-  const next = startTandem(["secondary", "--listen", socket, ...GUEST]);
-  await next.waitFor(logLine("secondary", "listening"));
-  next.signal("SIGTERM");
-  await stoppedCleanly(next, "SIGTERM", "secondary on a stale socket");
-});
-
-test("migrate stops on SIGINT while its guest runs; demo stops on SIGTERM mid-replication", async () => {
+test("migrate stops on SIGINT while its guest runs", async () => {
   const migrate = startTandem(["migrate", "--connect", join(dir, "nobody.sock"), "--run", "600", ...GUEST]);
   // Its handlers are in place once the guest is built; until then SIGINT's default would end it too.
   await new Promise((r) => setTimeout(r, 4000));
   migrate.signal("SIGINT");
   await stoppedCleanly(migrate, "SIGINT", "migrate");
 
-  const demo = startTandem(["demo", "--duration", "600", "--kill-after", "300", ...GUEST]);
-  await demo.waitFor(logLine("primary", "protected"));
-  demo.signal("SIGTERM");
-  const { code, signal } = await Promise.race([demo.exited, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`demo did not stop: ${demo.stderr()}`)), 20_000))]);
-  assert.ok(code !== null || signal === "SIGTERM", `demo ended: ${code} ${signal}`);
-  assert.match(demo.stdout(), "checkpoints", "it summed up what it saw");
-  assert.not.ok(hasStackTrace(demo.stderr()), demo.stderr());
 });
 
 test.after(() => rmSync(dir, { recursive: true, force: true }));
