@@ -7,10 +7,10 @@
  * recovered the same way.
  */
 
-import { closeSync, existsSync, fsyncSync, openSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { dirname } from "node:path";
 import { ErrorCode, TandemError } from "../errors.ts";
-import { FileBlockFile, readExact, type BlockFile } from "./block-file.ts";
+import { FileBlockFile, readExact, syncDirectory, type BlockFile } from "./block-file.ts";
 import { crc32 } from "./crc32.ts";
 import type { Disk } from "./disk.ts";
 import type { DiskBatch } from "./write-tracker.ts";
@@ -81,6 +81,13 @@ export interface RecoveryReport {
 export interface ApplyBatchOptions {
   /** The journal: a path (created if absent) or an open {@link BlockFile}, which stays the caller's. */
   journal: string | BlockFile;
+  /**
+   * Called once the batch is on the disk and flushed, before the journal is emptied: the place to
+   * record durably that the disk now holds the batch. A crash before it returns leaves the
+   * journal whole, so recovery replays the batch: what the caller recorded is never ahead of, nor
+   * behind, what recovery leaves. If it throws, the journal stays whole and the error propagates.
+   */
+  beforeRelease?: () => void;
 }
 
 /**
@@ -105,6 +112,7 @@ export function applyBatch(disk: Disk, batch: DiskBatch, options: ApplyBatchOpti
       else disk.write(record.offset, record.data);
     }
     disk.flush();
+    options.beforeRelease?.();
     journal.truncate(0);
     journal.sync();
   });
@@ -179,21 +187,6 @@ function withJournal<T>(journal: string | BlockFile, create: boolean, use: (file
   }
 }
 
-/** fsync on a directory makes the names in it durable (Linux, macOS); Windows cannot open directories and journals names itself. */
-function syncDirectory(dir: string): void {
-  if (process.platform === "win32") return;
-  try {
-    const fd = openSync(dir, "r");
-    try {
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-  } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
-    throw new TandemError(ErrorCode.DiskIo, `cannot sync directory ${dir} after creating a journal in it: ${reason}`);
-  }
-}
 
 /** Writes the whole journal of `batch` from offset 0, through a staging buffer, checksumming as it goes. */
 function writeJournal(file: BlockFile, batch: DiskBatch, diskSize: number): void {

@@ -4,7 +4,7 @@
  * them as the state a crash would leave.
  */
 
-import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, writeSync } from "node:fs";
+import { closeSync, fdatasyncSync, fsyncSync, fstatSync, ftruncateSync, openSync, readSync, writeSync } from "node:fs";
 import { ErrorCode, TandemError } from "../errors.ts";
 import { holeSeeker } from "../runtime/seek-data.ts";
 
@@ -163,4 +163,20 @@ export function readExact(file: BlockFile, offset: number, target: Uint8Array, w
 function ioError(what: string, error: unknown): TandemError {
   const reason = error instanceof Error ? error.message : String(error);
   return new TandemError(ErrorCode.DiskIo, `cannot ${what}: ${reason}`);
+}
+
+/** fsync on a directory makes the names in it durable (Linux, macOS); Windows cannot open directories and journals names itself. */
+export function syncDirectory(dir: string): void {
+  if (process.platform === "win32") return;
+  try {
+    const fd = openSync(dir, "r");
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new TandemError(ErrorCode.DiskIo, `cannot sync directory ${dir} after creating a file in it: ${reason}`);
+  }
 }

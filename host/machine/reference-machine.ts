@@ -29,6 +29,8 @@ export interface ReferenceMachineOptions {
   dirtyPages?: number;
   /** Disk bytes, a multiple of 512. Default 1 MiB. */
   diskBytes?: number;
+  /** The disk (an image file, say); its size must be a multiple of 512. Default: a zeroed disk in memory of `diskBytes`. */
+  disk?: MachineDisk;
   /** A disk write (and read-back) every this many steps; 0 for none. Default 10. */
   diskEvery?: number;
   /** Seed of the workload. Default 1. */
@@ -57,7 +59,7 @@ export class ReferenceMachine implements Machine {
   readonly identity: GuestIdentity;
   readonly #ram: GuestMemory;
   readonly #log: BitmapDirtyLog;
-  readonly #disk: MemoryDisk;
+  readonly #disk: MachineDisk;
   readonly #dirtyPages: number;
   readonly #diskEvery: number;
   readonly #stepsPerTick: number;
@@ -72,7 +74,7 @@ export class ReferenceMachine implements Machine {
 
   constructor(options: ReferenceMachineOptions = {}) {
     const memoryBytes = options.memoryBytes ?? 64 << 20;
-    const diskBytes = options.diskBytes ?? 1 << 20;
+    const diskBytes = options.disk?.size ?? options.diskBytes ?? 1 << 20;
     if (!Number.isInteger(memoryBytes) || memoryBytes <= 0 || memoryBytes % WASM_PAGE_SIZE !== 0) {
       throw new TandemError(ErrorCode.BadArgument, `memoryBytes ${memoryBytes}: expected a positive multiple of 64 KiB`);
     }
@@ -81,7 +83,7 @@ export class ReferenceMachine implements Machine {
     }
     this.#ram = new GuestMemory(new WebAssembly.Memory({ initial: memoryBytes / WASM_PAGE_SIZE }), { size: memoryBytes });
     this.#log = new BitmapDirtyLog(this.#ram);
-    this.#disk = new MemoryDisk(diskBytes);
+    this.#disk = options.disk ?? new MemoryDisk(diskBytes);
     this.memory = [this.#ram];
     this.dirtyLogs = [this.#log];
     this.disks = [this.#disk];

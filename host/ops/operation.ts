@@ -27,6 +27,9 @@ export interface OpProgress {
   iterations: number;
   /** Checkpoints committed (replication). */
   checkpoints: number;
+  /** A background copy (replication's disk copy): bytes copied so far, and to copy in all. */
+  copied: number;
+  copyTotal: number;
 }
 
 /** What the operation's body gets. */
@@ -65,7 +68,7 @@ export interface OpOptions {
 export function startOperation<T>(name: string, body: (ctx: OpContext) => Promise<T>, options: OpOptions = {}): OpHandle<T> {
   const controller = new AbortController();
   const listeners = new Set<(progress: Readonly<OpProgress>) => void>();
-  const progress: OpProgress = { phase: "starting", bytes: 0, pages: 0, iterations: 0, checkpoints: 0 };
+  const progress: OpProgress = { phase: "starting", bytes: 0, pages: 0, iterations: 0, checkpoints: 0, copied: 0, copyTotal: 0 };
   let settled = false;
   const aborted = () => new TandemError(ErrorCode.Aborted, `${name} was cancelled${reasonOf(controller.signal)}`);
 

@@ -10,6 +10,7 @@ import type { Machine } from "../machine/machine.ts";
 import { applyDeviceStateDelta } from "../protocol/device-delta.ts";
 import type { PageDeltaCodec } from "../protocol/page-delta.ts";
 import type { StreamHeader, StreamRecord } from "../protocol/stream/format.ts";
+import type { StandbyDisks } from "./disk-replica.ts";
 
 /** What a checkpoint carried besides RAM and disks. */
 export interface AppliedCheckpoint {
@@ -40,12 +41,15 @@ export function checkLayout(header: StreamHeader, machine: Machine): void {
  * Applies one checkpoint's `records` (ending with CHECKPOINT_END) to a paused `machine`, whose
  * memory already holds the previous checkpoint, and whose device state was `devices` (the base of
  * a DEVICE_STATE_DELTA). Throws E_STREAM_FORMAT without changing anything if any record cannot
- * be applied.
+ * be applied. With `disks`, disk writes go through them (a journal per image, durable when this
+ * returns) instead of straight into the machine's disks; if they fail (a full or read-only
+ * image), RAM is left as it was.
  */
-export function applyCheckpoint(machine: Machine, records: readonly StreamRecord[], codec: PageDeltaCodec, devices?: Uint8Array): AppliedCheckpoint {
+export function applyCheckpoint(machine: Machine, records: readonly StreamRecord[], codec: PageDeltaCodec, devices?: Uint8Array, disks?: StandbyDisks): AppliedCheckpoint {
   const end = records[records.length - 1];
   if (end?.type !== "checkpoint-end") throw new TandemError(ErrorCode.StreamFormat, "a checkpoint must end with CHECKPOINT_END");
   const writes: (() => void)[] = [];
+  const diskWrites = new Map<number, { offset: number; data: Uint8Array }[]>();
   const previous = devices;
   devices = undefined;
   const outputs: { seq: number; channel: string; data: Uint8Array }[] = [];
@@ -89,7 +93,11 @@ export function applyCheckpoint(machine: Machine, records: readonly StreamRecord
             throw new TandemError(ErrorCode.StreamFormat, `a write of ${data.length} bytes at ${offset} passes the end of disk ${record.disk} (${disk.size} bytes)`);
           }
           const copy = data.slice();
-          writes.push(() => disk.write(offset, copy));
+          if (disks) {
+            const list = diskWrites.get(record.disk) ?? [];
+            list.push({ offset, data: copy });
+            diskWrites.set(record.disk, list);
+          } else writes.push(() => disk.write(offset, copy));
         }
         break;
       }
@@ -99,9 +107,16 @@ export function applyCheckpoint(machine: Machine, records: readonly StreamRecord
       case "checkpoint-end":
       case "end":
       case "handover":
+      case "disk-sync-begin":
+      case "disk-sync-writes":
+      case "disk-sync-zeroes":
+      case "disk-sync-done":
         throw new TandemError(ErrorCode.StreamFormat, `${record.type.toUpperCase()} inside a checkpoint`);
     }
   }
+  // The disks first: it is the part that can fail (a full or read-only image), and a checkpoint
+  // whose disks failed must leave RAM as it was.
+  disks?.applyCheckpoint(diskWrites, end.checkpoint, end.generation);
   for (const write of writes) write();
   return { checkpoint: end.checkpoint, generation: end.generation, devices, outputs, lastSeq: end.lastSeq };
 }

@@ -12,7 +12,8 @@ import { startOperation, type OpHandle } from "../ops/operation.ts";
 import { TransactionSender, type SenderOptions } from "../protocol/sender.ts";
 import { StreamWriter } from "../protocol/stream/writer.ts";
 import type { Transport } from "../protocol/transport.ts";
-import { DeviceCapture, MemoryCapture, captureDiskWrites, captureWholeDisks, type DiskWrite } from "./capture.ts";
+import { DeviceCapture, MemoryCapture, captureDiskWrites, type DiskWrite } from "./capture.ts";
+import { DiskSync, type DiskCopyOptions, type DiskCopyStatus } from "./disk-sync.ts";
 import { peerCall, sendStreamHeader, sendTransaction } from "./peer-calls.ts";
 import { ReleaseGate, type ReleasedOutput } from "./release-gate.ts";
 import { streamHeaderFor } from "./stream-guest.ts";
@@ -43,6 +44,10 @@ export interface CheckpointStats {
   lastSeq: number;
   /** Output bytes held when the ACK came (this checkpoint's and the running epoch's). */
   heldOutputBytes: number;
+  /** The standby holds every disk whole as of this checkpoint: a takeover would keep the guest's disks. */
+  protected: boolean;
+  /** Per disk, how the background copy goes. */
+  diskCopy: DiskCopyStatus[];
 }
 
 /** Options of {@link replicate}. */
@@ -86,6 +91,8 @@ export interface ReplicateOptions {
   signal?: AbortSignal;
   /** Options of the transaction sender. */
   sender?: SenderOptions;
+  /** Options of the background disk copy (docs/replication.md, "Disks"). */
+  diskCopy?: DiskCopyOptions;
 }
 
 /**
@@ -109,9 +116,12 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
     const memory = new MemoryCapture(machine, { compression: options.compression });
     const devices = new DeviceCapture();
     const writer = new StreamWriter(streamHeaderFor(machine));
+    const disks = new DiskSync(machine, writer, options.diskCopy);
     let epochOutputs: MachineOutput[] = [];
     let epochDiskWrites: DiskWrite[] = [];
-    let checkpoint = 0;
+    // Checkpoint numbers continue those the disks' change logs saw, so a standby's record names one checkpoint only.
+    const firstCheckpoint = disks.lastCheckpoint();
+    let checkpoint = firstCheckpoint;
     let totalBytes = 0;
     let totalPages = 0;
     const maxHeld = options.maxHeldOutputBytes ?? Infinity;
@@ -129,12 +139,14 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
     // Before the first checkpoint there is nothing to stand down from: cancelling just hangs up.
     // After it, the loop notices at its next check and tells the standby (END) before hanging up.
     const stop = () => {
-      if (checkpoint === 0) sender.close();
+      if (checkpoint === firstCheckpoint) sender.close();
     };
     ctx.signal.addEventListener("abort", stop, { once: true });
     try {
       await standbyCall(sender.open());
       await sendStreamHeader(sender, writer, "standby", machine.identity);
+      await disks.begin(sender, standbyCall);
+      ctx.report({ phase: "syncing", ...copyProgress(disks.status()) });
       memory.arm(); // before the first copy: no write is lost
       for (;;) {
         ctx.throwIfAborted();
@@ -143,9 +155,10 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
         checkpoint++;
         const { pages, zeroPages, deltaPages } = memory.capture(writer);
         const deviceBytes = devices.capture(machine, writer);
-        // The first checkpoint carries whole disks; writes made before it are in them.
-        if (checkpoint === 1) captureWholeDisks(machine, writer);
-        else captureDiskWrites(machine, epochDiskWrites, writer);
+        // Disks travel in the background copy; a checkpoint carries the epoch's writes.
+        const carried = machine.disks.map((_, i) => epochDiskWrites.some((w) => w.disk === i));
+        captureDiskWrites(machine, epochDiskWrites, writer);
+        disks.captured(checkpoint);
         const sealed = gate.seal(epochOutputs);
         gate.hold(checkpoint, sealed);
         epochOutputs = [];
@@ -158,11 +171,12 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
         options.onResumed?.(checkpoint);
         const pauseMs = performance.now() - started;
         await standbyCall(sendTransaction(sender, bytes));
+        disks.acknowledged(checkpoint, carried);
         totalBytes += bytes.length;
         totalPages += pages;
         const stats = {
           checkpoint, pauseMs, pages, zeroPages, deltaPages, bytes: bytes.length, deviceBytes, commitMs: performance.now() - started,
-          lastSeq: gate.lastSeq, heldOutputBytes: held,
+          lastSeq: gate.lastSeq, heldOutputBytes: held, protected: disks.protected, diskCopy: disks.status(),
         };
         options.onCommitted?.(stats);
         // Acknowledged: the standby can reproduce them now. The gate may still refuse (lease lost).
@@ -172,7 +186,12 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
           throttled = false;
           await machine.resume();
         }
-        ctx.report({ phase: "replicating", checkpoints: checkpoint, bytes: totalBytes, pages: totalPages });
+        ctx.report({
+          phase: disks.protected ? "protected" : "syncing", checkpoints: checkpoint - firstCheckpoint, bytes: totalBytes, pages: totalPages,
+          ...copyProgress(disks.status()),
+        });
+        // Between checkpoints, while the guest runs: the background disk copy.
+        if (!disks.copied) await disks.pump(sender, standbyCall, started + intervalMs, ctx.signal);
         const wait = started + intervalMs - performance.now();
         if (wait > 0) await sleep(wait, ctx.signal);
       }
@@ -211,6 +230,11 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
 
 function fenced(): TandemError {
   return new TandemError(ErrorCode.Fenced, "this primary no longer owns the guest (lease lost, or the witness names another side): guest paused, nothing more released");
+}
+
+/** The disks' copy as progress: bytes copied and to copy, over all disks. */
+function copyProgress(status: readonly DiskCopyStatus[]): { copied: number; copyTotal: number } {
+  return { copied: status.reduce((n, s) => n + s.bytes, 0), copyTotal: status.reduce((n, s) => n + s.total, 0) };
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {

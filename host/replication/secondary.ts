@@ -12,6 +12,7 @@ import { TransactionReceiver, type ReceiverOptions } from "../protocol/receiver.
 import { StreamReader } from "../protocol/stream/reader.ts";
 import type { Transport } from "../protocol/transport.ts";
 import { applyCheckpoint, type AppliedCheckpoint } from "./apply-checkpoint.ts";
+import { StandbyDisks, type DiskReplica } from "./disk-replica.ts";
 import type { ReleasedOutput } from "./primary.ts";
 import { checkStreamGuest } from "./stream-guest.ts";
 
@@ -44,6 +45,12 @@ export interface StandbyOptions {
   signal?: AbortSignal;
   /** Options of the transaction receiver. */
   receiver?: ReceiverOptions;
+  /**
+   * Image files for the machine's disks, by index (each the machine's disk): checkpoints are
+   * applied to them through a journal and recorded beside them. Disks without one are written
+   * directly (in-memory disks).
+   */
+  disks?: readonly (DiskReplica | undefined)[];
 }
 
 /** What happened when the standby stopped standing by. */
@@ -81,6 +88,8 @@ export function standby(machine: Machine, transport: Transport, options: Standby
     await machine.pause(); // the replica never runs while the primary lives
     const reader = new StreamReader();
     const codec = new PageDeltaCodec();
+    const disks = new StandbyDisks(machine.disks, options.disks);
+    let diskFailure: TandemError | undefined;
     let last: AppliedCheckpoint | undefined;
     let devices: Uint8Array | undefined;
     let generation = options.minGeneration ?? 0;
@@ -136,18 +145,35 @@ export function standby(machine: Machine, transport: Transport, options: Standby
           lost("handover");
         });
       }
+      if (records[0].type.startsWith("disk-sync")) {
+        onDisk(() => disks.applySync(records));
+        ctx.report({ phase: "copying disks", copied: disks.progress().reduce((n, p) => n + p.bytes, 0), bytes: receiver.stats.bytes });
+        return;
+      }
       const end = records[records.length - 1];
       if (end?.type === "checkpoint-end" && end.generation < generation) {
         throw new TandemError(ErrorCode.Failed, `checkpoint of generation ${end.generation}; this standby is fenced at ${generation}`);
       }
-      const applied = applyCheckpoint(machine, records, codec, devices); // all or nothing
+      const applied = onDisk(() => applyCheckpoint(machine, records, codec, devices, disks)); // all or nothing
       last = applied;
       generation = applied.generation;
       devices = applied.devices ?? devices;
       for (const o of applied.outputs) seq = Math.max(seq, o.seq);
       seq = Math.max(seq, applied.lastSeq ?? 0); // a standby that joined a running guest continues its sequence
-      ctx.report({ phase: "standing by", checkpoints: applied.checkpoint, bytes: receiver.stats.bytes });
+      ctx.report({ phase: disks.protected ? "standing by" : "copying disks", checkpoints: applied.checkpoint, bytes: receiver.stats.bytes });
     }, options.receiver);
+    /** Runs a step that writes the images: an image that fails (full, read-only) ends standing by. */
+    function onDisk<T>(step: () => T): T {
+      try {
+        return step();
+      } catch (error) {
+        if (error instanceof TandemError && error.code.startsWith("E_DISK_")) {
+          diskFailure ??= error;
+          setTimeout(() => lost("closed"), 0); // after the refusal has gone out
+        }
+        throw error;
+      }
+    }
     receiver.done.then(() => lost("closed"), (error: TandemError) => {
       // A connection that broke is a primary that died; a primary that broke the protocol may be alive.
       if (!TAKEOVER_CODES.has(error.code)) broken = error;
@@ -174,11 +200,18 @@ export function standby(machine: Machine, transport: Transport, options: Standby
       if (devices) machine.restoreDevices(devices);
       return { outcome: "stopped", checkpoint: last?.checkpoint ?? 0, generation, lastSeq: seq };
     }
+    if (diskFailure) {
+      throw new TandemError(diskFailure.code, `this standby's image failed (${diskFailure.message}); not standing by any more, the primary runs on unprotected`);
+    }
     if (broken) {
       throw new TandemError(ErrorCode.Failed, `the primary broke the protocol (${broken.message}); not taking over, the replica holds checkpoint ${last?.checkpoint ?? 0}`);
     }
     if (!last || !devices) {
       throw new TandemError(ErrorCode.PeerLost, "the primary was lost before its first checkpoint arrived: there is nothing to take over");
+    }
+    // A migration's first round carries the disks whole, so a handover needs no background copy.
+    if (reason !== "handover" && !disks.protected) {
+      throw new TandemError(ErrorCode.PeerLost, `the primary was lost before the pair was protected (${disks.whyNotProtected()}): not taking over, this standby's disks are not the guest's`);
     }
     if (options.claim && !(await options.claim(last.generation))) {
       machine.restoreDevices(devices); // paused, but whole: ready to stand by again
@@ -187,6 +220,7 @@ export function standby(machine: Machine, transport: Transport, options: Standby
     // Take over: the last committed checkpoint's devices, and its outputs again (the primary may
     // not have lived to release them; the outside world keeps each seq once).
     machine.restoreDevices(devices);
+    disks.tookOver();
     for (const o of last.outputs) release(o);
     machine.onOutput((o) => release({ seq: ++seq, channel: o.channel, data: o.data }));
     machine.onDiskWrite(() => {});

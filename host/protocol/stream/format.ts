@@ -88,9 +88,47 @@ export const RecordType = {
    * checkpoint (host/protocol/device-delta.ts has the layout).
    */
   DeviceStateDelta: 10,
+  /**
+   * A background disk copy starts (docs/replication.md, "Disks"): u32 disk, u32 mode
+   * ({@link DiskSyncMode}), u64 disk size, u8[16] lineage of the primary's image, u64 checkpoint
+   * the copy starts from (mode Changes), u64 base size, u8[32] base identity (mode Overlay).
+   */
+  DiskSyncBegin: 11,
+  /** Blocks of a background disk copy: the DISK_WRITES layout. */
+  DiskSyncWrites: 12,
+  /** Ranges of a background disk copy that read as zeros: u32 disk, u32 count, count x { u64 offset, u64 length }. */
+  DiskSyncZeroes: 13,
+  /** u32 disk, u32 zero: the background copy of the disk is complete. */
+  DiskSyncDone: 14,
 } as const;
 /** One of {@link RecordType}. */
 export type RecordType = (typeof RecordType)[keyof typeof RecordType];
+
+/** What a background disk copy sends (DISK_SYNC_BEGIN's mode). */
+export const DiskSyncMode = {
+  /** Every range of the disk: what it holds, and zeros where it holds nothing. */
+  Full: 0,
+  /** Only what the image holds above a base both sides have (same identity and size). */
+  Overlay: 1,
+  /** Only the blocks changed since a checkpoint the standby holds (a rejoin). */
+  Changes: 2,
+} as const;
+/** One of {@link DiskSyncMode}. */
+export type DiskSyncMode = (typeof DiskSyncMode)[keyof typeof DiskSyncMode];
+
+/** DISK_SYNC_BEGIN: offsets in its body. */
+export const DSB_DISK = 0; // u32
+export const DSB_MODE = 4; // u32
+export const DSB_DISK_SIZE = 8; // u64
+export const DSB_LINEAGE = 16; // u8[16]
+export const DSB_SINCE = 32; // u64
+export const DSB_BASE_SIZE = 40; // u64
+export const DSB_BASE_IDENTITY = 48; // u8[32]
+export const DSB_SIZE = 80;
+/** Bytes of an image lineage (a random id the primary's change log gives its image). */
+export const LINEAGE_BYTES = 16;
+/** Bytes of a base image's identity (SHA-256). */
+export const BASE_IDENTITY_BYTES = 32;
 
 /** Names of the record types, for errors. */
 export const RECORD_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
@@ -125,7 +163,14 @@ export type StreamRecord =
   | { type: "checkpoint-end"; checkpoint: number; generation: number; lastSeq?: number }
   | { type: "outputs"; outputs: { seq: number; channel: string; data: Uint8Array }[] }
   | { type: "end" }
-  | { type: "handover" };
+  | { type: "handover" }
+  | {
+    type: "disk-sync-begin"; disk: number; mode: DiskSyncMode; diskSize: number; lineage: Uint8Array; since: number;
+    baseSize: number; baseIdentity: Uint8Array;
+  }
+  | { type: "disk-sync-writes"; disk: number; writes: { offset: number; data: Uint8Array }[] }
+  | { type: "disk-sync-zeroes"; disk: number; ranges: { offset: number; length: number }[] }
+  | { type: "disk-sync-done"; disk: number };
 
 /** `n` rounded up to a multiple of `align`. Arithmetic, not bit masks: lengths reach 2^32. */
 export function padTo(n: number, align: number): number {

@@ -11,6 +11,8 @@ import {
   H_VERSION, HeaderFlag, IDENTITY_HEAD_SIZE, I_COUNT, I_LENGTH, KNOWN_FLAGS, MAGIC, MAX_FIELD_NAME_BYTES, MAX_FIELD_VALUE_BYTES,
   MAX_IDENTITY_FIELDS, MAX_REGIONS, RECORD_ALIGN, RECORD_HEADER_SIZE, RECORD_NAMES, REC_LENGTH, REC_TYPE, REGION_SIZE, RecordType,
   R_FLAGS, R_RESERVED, R_SIZE, VERSION, padTo, type StreamHeader, type StreamIdentityField, type StreamRecord,
+  BASE_IDENTITY_BYTES, DSB_BASE_IDENTITY, DSB_BASE_SIZE, DSB_DISK, DSB_DISK_SIZE, DSB_LINEAGE, DSB_MODE, DSB_SINCE, DSB_SIZE,
+  DiskSyncMode, LINEAGE_BYTES,
 } from "./format.ts";
 
 const DECODER = new TextDecoder("utf-8", { fatal: true });
@@ -131,7 +133,8 @@ export class StreamReader {
         need(8);
         if (view.getUint32(4, true) !== 0) fail(`${name}: the reserved field is not zero`);
         return { type: "device-state-delta", device: view.getUint32(0, true), delta: body.subarray(8) };
-      case RecordType.DiskWrites: {
+      case RecordType.DiskWrites:
+      case RecordType.DiskSyncWrites: {
         need(8);
         const disk = view.getUint32(0, true);
         const count = view.getUint32(4, true);
@@ -149,8 +152,36 @@ export class StreamReader {
           at = end;
         }
         if (at !== body.length) fail(`${name}: ${body.length - at} bytes after the last of ${count} writes`);
-        return { type: "disk-writes", disk, writes };
+        return { type: type === RecordType.DiskWrites ? "disk-writes" : "disk-sync-writes", disk, writes };
       }
+      case RecordType.DiskSyncBegin: {
+        if (body.length !== DSB_SIZE) fail(`a ${name} record must be ${DSB_SIZE} bytes, not ${body.length}`);
+        const mode = view.getUint32(DSB_MODE, true);
+        if (!(Object.values(DiskSyncMode) as number[]).includes(mode)) fail(`${name}: copy mode ${mode} is not one this tandem knows`);
+        return {
+          type: "disk-sync-begin",
+          disk: view.getUint32(DSB_DISK, true),
+          mode: mode as DiskSyncMode,
+          diskSize: u64(view, DSB_DISK_SIZE),
+          lineage: body.subarray(DSB_LINEAGE, DSB_LINEAGE + LINEAGE_BYTES),
+          since: u64(view, DSB_SINCE),
+          baseSize: u64(view, DSB_BASE_SIZE),
+          baseIdentity: body.subarray(DSB_BASE_IDENTITY, DSB_BASE_IDENTITY + BASE_IDENTITY_BYTES),
+        };
+      }
+      case RecordType.DiskSyncZeroes: {
+        need(8);
+        const disk = view.getUint32(0, true);
+        const count = view.getUint32(4, true);
+        if (body.length !== 8 + count * 16) fail(`a ${name} record of ${count} ranges must be ${8 + count * 16} bytes, not ${body.length}`);
+        const ranges: { offset: number; length: number }[] = [];
+        for (let i = 0; i < count; i++) ranges.push({ offset: u64(view, 8 + i * 16), length: u64(view, 16 + i * 16) });
+        return { type: "disk-sync-zeroes", disk, ranges };
+      }
+      case RecordType.DiskSyncDone:
+        if (body.length !== 8) fail(`a ${name} record must be 8 bytes, not ${body.length}`);
+        if (view.getUint32(4, true) !== 0) fail(`${name}: the reserved field is not zero`);
+        return { type: "disk-sync-done", disk: view.getUint32(0, true) };
       case RecordType.Outputs: {
         need(8);
         const count = view.getUint32(0, true);

@@ -6,6 +6,8 @@ import {
   H_VERSION, HeaderFlag, IDENTITY_HEAD_SIZE, I_COUNT, I_LENGTH, IdentityKind, MAGIC, MAX_FIELD_NAME_BYTES, MAX_FIELD_VALUE_BYTES,
   MAX_IDENTITY_FIELDS, MAX_REGIONS, RECORD_ALIGN, RECORD_HEADER_SIZE, REC_LENGTH, REC_TYPE, REGION_SIZE, RecordType, R_FLAGS,
   R_RESERVED, R_SIZE, VERSION, padTo, type StreamHeader,
+  BASE_IDENTITY_BYTES, DSB_BASE_IDENTITY, DSB_BASE_SIZE, DSB_DISK, DSB_DISK_SIZE, DSB_LINEAGE, DSB_MODE, DSB_SINCE, DSB_SIZE,
+  LINEAGE_BYTES, type DiskSyncMode,
 } from "./format.ts";
 
 const ENCODER = new TextEncoder();
@@ -162,9 +164,58 @@ export class StreamWriter {
 
   /** Writes to `disk` made in this checkpoint's epoch, in order. */
   diskWrites(disk: number, writes: readonly { offset: number; data: Uint8Array }[]): void {
+    this.#diskWrites(RecordType.DiskWrites, disk, writes);
+  }
+
+  /** Starts a background copy of `disk` (DISK_SYNC_BEGIN). */
+  diskSyncBegin(begin: {
+    disk: number; mode: DiskSyncMode; diskSize: number; lineage: Uint8Array; since: number; baseSize: number; baseIdentity: Uint8Array;
+  }): void {
+    this.#checkU32(begin.disk, "disk");
+    if (begin.lineage.length !== LINEAGE_BYTES || begin.baseIdentity.length !== BASE_IDENTITY_BYTES) {
+      throw new TandemError(ErrorCode.BadArgument, `a lineage of ${LINEAGE_BYTES} bytes and a base identity of ${BASE_IDENTITY_BYTES}`);
+    }
+    const at = this.#record(RecordType.DiskSyncBegin, DSB_SIZE);
+    this.#view.setUint32(at + DSB_DISK, begin.disk, true);
+    this.#view.setUint32(at + DSB_MODE, begin.mode, true);
+    this.#u64(at + DSB_DISK_SIZE, begin.diskSize);
+    this.#bytes.set(begin.lineage, at + DSB_LINEAGE);
+    this.#u64(at + DSB_SINCE, begin.since);
+    this.#u64(at + DSB_BASE_SIZE, begin.baseSize);
+    this.#bytes.set(begin.baseIdentity, at + DSB_BASE_IDENTITY);
+  }
+
+  /** Blocks of a background copy of `disk`, as the primary's image holds them now. */
+  diskSyncWrites(disk: number, writes: readonly { offset: number; data: Uint8Array }[]): void {
+    this.#diskWrites(RecordType.DiskSyncWrites, disk, writes);
+  }
+
+  /** Ranges of a background copy of `disk` that read as zeros. */
+  diskSyncZeroes(disk: number, ranges: readonly { offset: number; length: number }[]): void {
+    this.#checkU32(disk, "disk");
+    let at = this.#record(RecordType.DiskSyncZeroes, 8 + ranges.length * 16);
+    this.#view.setUint32(at, disk, true);
+    this.#view.setUint32(at + 4, ranges.length, true);
+    at += 8;
+    for (const { offset, length } of ranges) {
+      this.#u64(at, offset);
+      this.#u64(at + 8, length);
+      at += 16;
+    }
+  }
+
+  /** The background copy of `disk` is complete. */
+  diskSyncDone(disk: number): void {
+    this.#checkU32(disk, "disk");
+    const at = this.#record(RecordType.DiskSyncDone, 8);
+    this.#view.setUint32(at, disk, true);
+    this.#view.setUint32(at + 4, 0, true);
+  }
+
+  #diskWrites(type: RecordType, disk: number, writes: readonly { offset: number; data: Uint8Array }[]): void {
     this.#checkU32(disk, "disk");
     const size = writes.reduce((n, w) => n + 16 + padTo(w.data.length, 8), 8);
-    let at = this.#record(RecordType.DiskWrites, size);
+    let at = this.#record(type, size);
     this.#view.setUint32(at, disk, true);
     this.#view.setUint32(at + 4, writes.length, true);
     at += 8;
