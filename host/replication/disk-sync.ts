@@ -218,14 +218,14 @@ export class DiskSync {
         }
       };
       let copy: DiskCopy | undefined;
-      if (log !== undefined && !log.fresh) {
+      if (log !== undefined) {
         if (await ask(DiskSyncMode.Changes, log.base)) {
           copy = new DiskCopy(disk, "changes", `the standby holds checkpoint ${log.base} or later of this image`, log.changedRanges());
         } else {
-          reasons.push(`the standby holds no checkpoint of this image since ${log.base}`);
+          reasons.push(log.fresh ? "the image's change log is new: no standby holds a checkpoint of it" : `the standby holds no checkpoint of this image since ${log.base}`);
         }
       } else {
-        reasons.push(log === undefined ? "the image keeps no change log" : "the image's change log is new");
+        reasons.push("the image keeps no change log");
       }
       if (copy === undefined && this.#overlay && image?.backing) {
         const base = { size: image.backing.size, identity: baseIdentityOf(image.backing) };

@@ -116,3 +116,6 @@ export class WatchedDisk extends ChangeLoggedDisk {
     return new WatchedDisk(disk, ChangeLog.open(changeLogPath(path), disk.size));
   }
 }
+
+/** The machine both sides of the process tests use (the disk comes separately). */
+export const CHILD_MACHINE = { memoryBytes: 1 << 20, dirtyPages: 4, diskEvery: 0 } as const;
