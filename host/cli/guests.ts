@@ -9,8 +9,9 @@
  */
 
 import { join, resolve } from "node:path";
-import { createImage } from "../disk/registry.ts";
-import { guestFromFlags, openGuest, readGuestFile, type GuestDescription } from "../emulators/v86/guest-description.ts";
+import type { Disk } from "../disk/disk.ts";
+import { createImage, openDisk } from "../disk/registry.ts";
+import { guestFromFlags, openGuest, readGuestFile, type GuestDescription, type OpenGuestOptions } from "../emulators/v86/guest-description.ts";
 import { V86Machine } from "../emulators/v86/v86-machine.ts";
 import { ErrorCode, TandemError } from "../errors.ts";
 import type { Machine } from "../machine/machine.ts";
@@ -92,6 +93,8 @@ export interface GuestFromOptions {
    * starts its workload; a side that "receives" it from a stream only builds the machine.
    */
   role?: GuestRole;
+  /** Called with each writable disk image once opened: returns the disk the machine gets (see OpenGuestOptions). */
+  disk?: OpenGuestOptions["disk"];
 }
 
 /**
@@ -99,8 +102,9 @@ export interface GuestFromOptions {
  * (the reference machine ticks every millisecond, the v86 guest --hz times a second).
  */
 export async function guestFrom(values: GuestValues, options: GuestFromOptions = {}): Promise<CliGuest> {
+  if (values.guest === "reference" && values.hda !== undefined) return referenceOnImage(values, options);
   const described = describedGuest(values);
-  if (described) return describedFrom(options.ownDisksIn === undefined ? described : withOwnDisks(described, options.ownDisksIn), values);
+  if (described) return describedFrom(options.ownDisksIn === undefined ? described : withOwnDisks(described, options.ownDisksIn), values, options);
   const { dirty, hz } = values;
   if (values.disk !== undefined && values.guest !== "linux") throw new TandemError(ErrorCode.BadArgument, `--disk is the Linux guest's; --guest ${values.guest} keeps its disk in memory`);
   if (values.guest === "linux") {
@@ -164,7 +168,7 @@ function withOwnDisks(description: GuestDescription, folder: string): GuestDescr
 }
 
 /** A described guest, opened and built; its arguments name every file by absolute path. */
-async function describedFrom(description: GuestDescription, values: GuestValues): Promise<CliGuest> {
+async function describedFrom(description: GuestDescription, values: GuestValues, open: OpenGuestOptions): Promise<CliGuest> {
   const args = ["--guest", "v86"];
   if (values["guest-file"] !== undefined) args.push("--guest-file", resolve(values["guest-file"]));
   for (const name of Object.keys(DESCRIBING) as (keyof typeof DESCRIBING)[]) {
@@ -172,7 +176,7 @@ async function describedFrom(description: GuestDescription, values: GuestValues)
     if (value !== undefined) args.push(`--${name}`, PATHS.has(name) ? resolve(value) : value);
   }
   if (values.memory !== undefined) args.push("--memory", String(values.memory));
-  const guest = openGuest(description);
+  const guest = openGuest(description, open);
   let machine: V86Machine;
   try {
     machine = await V86Machine.create(guest.options);
@@ -185,6 +189,39 @@ async function describedFrom(description: GuestDescription, values: GuestValues)
     close: async () => {
       await machine.destroy();
       guest.close();
+    },
+  };
+}
+
+/**
+ * The reference machine on an image file (`--guest reference --hda FILE[,format=F]`): its disk
+ * checks run against the image, so replication of image files can be tried without an emulator.
+ */
+function referenceOnImage(values: GuestValues, open: OpenGuestOptions): CliGuest {
+  const given = (Object.keys(DESCRIBING) as (keyof typeof DESCRIBING)[]).filter((name) => name !== "hda" && values[name] !== undefined);
+  if (given.length > 0 || values["guest-file"] !== undefined) {
+    throw new TandemError(ErrorCode.BadArgument, `--guest reference takes --hda and no ${given.length > 0 ? `--${given[0]}` : "--guest-file"}: those describe a v86 guest`);
+  }
+  const [file, ...settings] = values.hda!.split(",");
+  const format = settings.find((s) => s.startsWith("format="))?.slice("format=".length);
+  const path = resolve(file);
+  let image: Disk = openDisk(path, { format });
+  try {
+    image = open.disk ? open.disk("hda", path, image) : image;
+  } catch (error) {
+    image.close();
+    throw error;
+  }
+  const { dirty } = values;
+  const mib = values.memory ?? DEFAULT_MIB;
+  const dirtyPages = Math.max(1, Math.round(((mib << 20) / 4096) * dirty));
+  const machine = new ReferenceMachine({ memoryBytes: mib << 20, dirtyPages, tickMs: 1, disk: image });
+  const args = ["--guest", "reference", "--memory", String(mib), "--dirty", String(dirty), "--hda", path + (format ? `,format=${format}` : "")];
+  return {
+    machine, args, stableDevices: true,
+    close: async () => {
+      machine.pause();
+      image.close();
     },
   };
 }

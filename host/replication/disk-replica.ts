@@ -61,15 +61,29 @@ export class DiskReplica {
    * and settles the record on what the image now holds.
    */
   static open(path: string, options: DiskReplicaOptions = {}): DiskReplica {
+    const disk = openDisk(path, { format: options.format, readOnly: options.readOnly });
+    try {
+      return DiskReplica.attach(path, disk, options);
+    } catch (error) {
+      disk.close();
+      throw error;
+    }
+  }
+
+  /**
+   * As {@link open}, for the image at `path` already opened as `disk` (which the replica owns from
+   * now on, and closes on close, unless this throws).
+   */
+  static attach(path: string, disk: Disk, options: Omit<DiskReplicaOptions, "format"> = {}): DiskReplica {
     const identity = options.identity ?? new Uint8Array(IDENTITY_BYTES);
     if (identity.length !== IDENTITY_BYTES) throw new TandemError(ErrorCode.BadArgument, `a guest identity is ${IDENTITY_BYTES} bytes, not ${identity.length}`);
-    const disk = openDisk(path, { format: options.format, readOnly: options.readOnly });
+    const readOnly = options.readOnly === true || disk.readOnly;
     let record: DiskRecordFile | undefined;
     try {
-      record = DiskRecordFile.open(recordPath(path), disk.size, { readOnly: options.readOnly });
-      const recovery = options.readOnly ? { outcome: "none" as const, records: 0 } : recoverJournal(disk, journalPath(path));
+      record = DiskRecordFile.open(recordPath(path), disk.size, { readOnly: readOnly });
+      const recovery = readOnly ? { outcome: "none" as const, records: 0 } : recoverJournal(disk, journalPath(path));
       const held = record.record;
-      if (held.applying !== 0 && !options.readOnly) {
+      if (held.applying !== 0 && !readOnly) {
         // The journal decides: replayed, the image holds the checkpoint being applied.
         const replayed = recovery.outcome === "replayed";
         const settled: DiskRecord = { ...held, applying: 0, applyingGeneration: 0 };
@@ -79,13 +93,12 @@ export class DiskReplica {
         }
         record.write(settled);
       }
-      if (held.diskSize !== disk.size && held.state !== DiskRecordState.Unknown && !options.readOnly) {
+      if (held.diskSize !== disk.size && held.state !== DiskRecordState.Unknown && !readOnly) {
         record.write({ ...record.record, state: DiskRecordState.Unknown }); // resized since: nothing recorded holds
       }
       return new DiskReplica(path, disk, record, recovery, identity.slice());
     } catch (error) {
       record?.close();
-      disk.close();
       throw error;
     }
   }

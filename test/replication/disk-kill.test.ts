@@ -16,7 +16,7 @@ import { seededRandom } from "../../host/prng.ts";
 import { selfCommand } from "../../host/runtime/self-command.ts";
 import { qemuCheck, qemuTest, runQemu } from "../support/qemu.ts";
 import { rejectionCode, until } from "../support/session.ts";
-import { CHILD_MACHINE, WritingMachine, makeImage, openPrimaryImage, tempDir } from "./support.ts";
+import { CHILD_MACHINE, WRITING_MACHINE, WritingMachine, makeImage, openPrimaryImage, tempDir } from "./support.ts";
 
 const test = suite("disk replication: either side killed (SIGKILL) at random moments; qemu-img judges the images");
 const SIZE = 4 << 20;
@@ -158,7 +158,7 @@ test("the primary killed at random moments: the standby takes over holding exact
       const peer = startPeer(["primary", join(dir, "vm.qcow2"), String(server.port), snaps]);
       const transport = await server.next();
       const replica = DiskReplica.open(join(dir, "replica.qcow2"));
-      const machine = new ReferenceMachine({ ...CHILD_MACHINE, disk: replica.disk });
+      const machine = new ReferenceMachine({ ...WRITING_MACHINE, disk: replica.disk });
       const sb = standby(machine, transport, { disks: [replica], resume: false, heartbeatTimeoutMs: 5000 });
       await until(() => peer.lines.some((l) => l.startsWith("protected")), 30_000);
       await new Promise((r) => setTimeout(r, 20 + random() * 300));

@@ -16,7 +16,7 @@ import { connect } from "../../host/protocol/socket-transport.ts";
 import { DiskReplica } from "../../host/replication/disk-replica.ts";
 import { replicate } from "../../host/replication/primary.ts";
 import { standby } from "../../host/replication/secondary.ts";
-import { CHILD_MACHINE, openPrimaryImage } from "./support.ts";
+import { CHILD_MACHINE, WRITING_MACHINE, openPrimaryImage } from "./support.ts";
 
 const [role, image, port, extra] = process.argv.slice(2);
 const transport = await connect({ port: Number(port) });
@@ -33,7 +33,7 @@ if (role === "standby") {
   replica.close();
 } else {
   const disk = openPrimaryImage(image);
-  const machine = new ReferenceMachine({ ...CHILD_MACHINE, diskEvery: 1, stepsPerTick: 4, disk });
+  const machine = new ReferenceMachine({ ...WRITING_MACHINE, disk });
   let announced = false;
   machine.resume();
   await replicate(machine, transport, {

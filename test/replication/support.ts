@@ -119,3 +119,6 @@ export class WatchedDisk extends ChangeLoggedDisk {
 
 /** The machine both sides of the process tests use (the disk comes separately). */
 export const CHILD_MACHINE = { memoryBytes: 1 << 20, dirtyPages: 4, diskEvery: 0 } as const;
+
+/** The machine of the primary-kill test, on both sides: its own guest writes a sector every step. */
+export const WRITING_MACHINE = { ...CHILD_MACHINE, diskEvery: 1, stepsPerTick: 4 } as const;

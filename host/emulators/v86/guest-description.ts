@@ -61,6 +61,15 @@ export interface GuestDescription extends Partial<Record<DiskSlot, GuestDiskDesc
 export type GuestOptions = Pick<V86MachineOptions, "memoryBytes" | "bios" | "vgaBios" | "multiboot" | "bzimage" | "initrd" | "cmdline" | "bootOrder" | "network"> &
   Partial<Record<DiskSlot, Disk>>;
 
+/** How {@link openGuest} opens disks. */
+export interface OpenGuestOptions {
+  /**
+   * Called with each writable disk once opened (its slot and path): returns the disk the machine
+   * gets, which owns the opened one (a replication layer over the image, say).
+   */
+  disk?: (slot: DiskSlot, path: string, image: Disk) => Disk;
+}
+
 /** An opened guest: its machine options, and how to close its disks when the machine is gone. */
 export interface OpenedGuest {
   options: GuestOptions;
@@ -175,7 +184,7 @@ export function describeGuest(json: unknown, base: string, source: string | unde
  * read-only). Checks that every file exists and that the memory holds the initrd where v86 loads
  * it. On any error, what was opened is closed again.
  */
-export function openGuest(description: GuestDescription): OpenedGuest {
+export function openGuest(description: GuestDescription, open: OpenGuestOptions = {}): OpenedGuest {
   const where = whereIn(description.source);
   const opened: Disk[] = [];
   const close = () => {
@@ -209,6 +218,10 @@ export function openGuest(description: GuestDescription): OpenedGuest {
         throw bad(where(slot), `${d.path} cannot be opened as a disk: ${reason(error)}`);
       }
       opened.push(image);
+      if (open.disk && !image.readOnly) {
+        image = open.disk(slot, d.path, image);
+        opened[opened.length - 1] = image;
+      }
       options[slot] = image;
     }
     return { options, close };
