@@ -8,6 +8,7 @@ import { runtimeName } from "../host/runtime/runtime.ts";
 import { runBlkifSuite } from "./blkif.ts";
 import { runDiskSuite } from "./disk.ts";
 import { runLinuxSuite } from "./linux.ts";
+import { runDiskReplicationSuite } from "./disk-replication.ts";
 import { runMemorySuite, type Progress } from "./memory.ts";
 import { runNbdSuite } from "./nbd.ts";
 import { runProtocolSuite } from "./protocol.ts";
@@ -19,6 +20,7 @@ const SUITES: Record<string, (progress: Progress) => Metrics | Promise<Metrics>>
   blkif: runBlkifSuite,
   disk: runDiskSuite,
   linux: runLinuxSuite,
+  "disk-replication": runDiskReplicationSuite,
   memory: runMemorySuite,
   nbd: runNbdSuite,
   protocol: runProtocolSuite,

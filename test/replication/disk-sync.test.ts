@@ -1,4 +1,5 @@
-import { rmSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
@@ -108,6 +109,69 @@ test("a standby that loses its primary before the copy is complete does not take
     assert.is(replica.record.state, DiskRecordState.Copying, "the record says a copy was interrupted");
     replica.close();
     disk.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** Runs a primary whose standby's image fails (`replica` opened by the test), and returns both outcomes. */
+async function failingStandby(dir: string, replica: DiskReplica) {
+  const size = replica.disk.size;
+  const disk = WatchedDisk.over(join(dir, "vm.qcow2"));
+  const primary = new WritingMachine({ memoryBytes: 1 << 20, dirtyPages: 4, diskEvery: 0, disk });
+  const secondary = new ReferenceMachine({ memoryBytes: 1 << 20, dirtyPages: 4, diskEvery: 0, disk: replica.disk });
+  const [a, b] = memoryPair();
+  const rep = replicate(primary, a, { intervalMs: 5, diskCopy: { windowBytes: 256 * 1024 } });
+  const sb = standby(secondary, b, { disks: [replica], resume: false });
+  primary.resume();
+  const standbyError = await sb.promise.then(() => undefined, (e: Error & { code?: string }) => e);
+  const primaryCode = await rejectionCode(rep.promise);
+  const running = primary.running;
+  primary.pause();
+  disk.close();
+  return { standbyError, primaryCode, running, size };
+}
+
+test("a full disk on the standby (ENOSPC): a clear error there, and the primary runs on, unprotected", async () => {
+  const dir = tempDir();
+  const small = join(dir, "small");
+  mkdirSync(small);
+  // A tmpfs too small for the copy (mounting needs root; skipped clearly without it).
+  const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", small]).status === 0;
+  try {
+    if (!mounted) {
+      console.log("  (skipped the ENOSPC test: cannot mount a small tmpfs here; it needs root)");
+      return;
+    }
+    makeImage(join(dir, "vm.qcow2"), 8 * MIB, 0.6, 9);
+    createImage(join(small, "replica.qcow2"), "qcow2", { size: 8 * MIB });
+    const replica = DiskReplica.open(join(small, "replica.qcow2"));
+    const { standbyError, primaryCode, running } = await failingStandby(dir, replica).finally(() => replica.close());
+    assert.instance(standbyError, Error);
+    assert.is(standbyError!.code, ErrorCode.DiskIo, standbyError!.message);
+    assert.match(standbyError!.message, /ENOSPC|no space/i);
+    assert.match(standbyError!.message, /not standing by any more/);
+    assert.ok(primaryCode === ErrorCode.Failed || primaryCode === ErrorCode.PeerLost, `the primary's replication ended with ${primaryCode}`);
+    assert.ok(running, "the primary keeps running, alone");
+  } finally {
+    if (mounted) spawnSync("umount", [small]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a read-only standby image: a clear error there, and the primary runs on, unprotected", async () => {
+  const dir = tempDir();
+  try {
+    makeImage(join(dir, "vm.qcow2"), 4 * MIB, 0.6, 4);
+    createImage(join(dir, "replica.qcow2"), "qcow2", { size: 4 * MIB });
+    const replica = DiskReplica.open(join(dir, "replica.qcow2"), { readOnly: true });
+    const { standbyError, primaryCode, running } = await failingStandby(dir, replica);
+    assert.instance(standbyError, Error);
+    assert.is(standbyError!.code, ErrorCode.DiskReadOnly, standbyError!.message);
+    assert.match(standbyError!.message, /read-only/);
+    assert.ok(primaryCode === ErrorCode.Failed || primaryCode === ErrorCode.PeerLost, `the primary's replication ended with ${primaryCode}`);
+    assert.ok(running, "the primary keeps running, alone");
+    replica.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -64,6 +64,9 @@ export class WritingMachine implements Machine {
     this.inner = new ReferenceMachine(options);
     this.disk = options.disk;
   }
+  get identity() {
+    return this.inner.identity;
+  }
   get memory() {
     return this.inner.memory;
   }
