@@ -41,11 +41,13 @@ test("the primary killed (SIGKILL) once protected: the secondary takes over on i
     createImage(join(dir, "replica.qcow2"), "qcow2", { size });
     const socket = join(dir, "sock");
     const shared = ["--guest", "reference", "--memory", "4", "--json"];
-    const secondary = run(["secondary", "--listen", socket, "--hda", join(dir, "replica.qcow2"), "--heartbeat", "300", ...shared]);
+    const secondary = run(["secondary", "--listen", socket, "--hda", join(dir, "replica.qcow2"), "--heartbeat", "3000", ...shared]);
     await until(() => secondary.lines.some((l) => l.includes('"listening"')), 30_000);
     const primary = run(["primary", "--connect", socket, "--hda", join(dir, "vm.qcow2"), "--interval", "20", ...shared]);
     const checkpoints = () => primary.lines.filter((l) => l.includes('"checkpoint"')).map((l) => JSON.parse(l) as { protected: boolean; diskCopy: { mode: string; total: number }[] });
-    await until(() => checkpoints().some((c) => c.protected), 60_000);
+    await until(() => checkpoints().some((c) => c.protected), 60_000).catch((error: Error) => {
+      throw new Error(`${error.message}: primary said ${primary.errors.join("")}; secondary said ${secondary.errors.join("")} ${secondary.lines.filter((l) => !l.includes('"output"')).join(" ")}`);
+    });
     const first = checkpoints()[0];
     assert.is(first.protected, false, "the first checkpoints go while the disk is being copied");
     assert.is(first.diskCopy[0].mode, "full");
