@@ -11,6 +11,7 @@ import { runLinuxSuite } from "./linux.ts";
 import { runDiskReplicationSuite } from "./disk-replication.ts";
 import { runMemorySuite, type Progress } from "./memory.ts";
 import { runNbdSuite } from "./nbd.ts";
+import { runNetSuite } from "./net.ts";
 import { runProtocolSuite } from "./protocol.ts";
 import { runReplicationSuite } from "./replication.ts";
 import { runV86Suite } from "./v86.ts";
@@ -23,6 +24,7 @@ const SUITES: Record<string, (progress: Progress) => Metrics | Promise<Metrics>>
   "disk-replication": runDiskReplicationSuite,
   memory: runMemorySuite,
   nbd: runNbdSuite,
+  net: runNetSuite,
   protocol: runProtocolSuite,
   replication: runReplicationSuite,
   v86: runV86Suite,

@@ -41,7 +41,7 @@ const BOOT_MIB = 32;
  * crc32c algorithm at mount time by an alias that two modules offer: the generic one is named
  * here because it needs no SSE4.2.
  */
-const MODULES = ["ata_piix", "sd_mod", "crc32c_generic", "ext4"];
+const MODULES = ["ata_piix", "sd_mod", "crc32c_generic", "ext4", "ne2k-pci"];
 
 const root = typeof process.getuid === "function" && process.getuid() === 0;
 

@@ -30,8 +30,8 @@ const READY = "tandem-linux: ready";
 
 /** How the guest boots: v86 loads the bzImage itself, or SeaBIOS boots syslinux from hda, or isolinux from the CD-ROM. */
 export type LinuxBoot = "bzimage" | "disk" | "cdrom";
-/** What the guest's init runs once told: the file workload and a heartbeat, or the heartbeat alone. */
-export type LinuxWorkload = "files" | "idle";
+/** What the guest's init runs once told: the file workload and a heartbeat, the network services (init.sh) and a heartbeat, or the heartbeat alone. */
+export type LinuxWorkload = "files" | "net" | "idle";
 
 /** The built guest's files. */
 export interface LinuxGuestFiles {

@@ -1,0 +1,169 @@
+/**
+ * `npm run bench -- net`: what network output commit costs a guest's connections. tandem's Linux
+ * guest (guest/linux, `net` workload) runs in v86 behind a real passt; a client on the host
+ * reaches its services through ports passt forwards:
+ *
+ * - round trip: one byte to the guest's echo service (port 82, `nc -e cat`) and back, one at a
+ *   time; the median over the samples;
+ * - stream: the guest's counting service (port 81, `seq`) read for a fixed time; bytes per second.
+ *
+ * Each is measured alone (the guest's frames go straight to the network) and replicated (every
+ * 25 ms to a standby V86Machine in this process; frames held until their checkpoint is
+ * acknowledged), alternating phases on the same running guest, so machine load hits both alike.
+ * Reported: the medians of each, `rtt_added_ms_p50` (replicated minus alone) against
+ * `rtt_added_budget_ms` (the interval plus the replicated phases' median commit time: what output
+ * commit is expected to add), and `stream_ratio` (replicated over alone; target ≥ 0.5).
+ */
+
+import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
+import * as net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { openDisk } from "../host/disk/registry.ts";
+import { V86Machine } from "../host/emulators/v86/v86-machine.ts";
+import { NET_CHANNEL } from "../host/emulators/v86/v86-nic.ts";
+import { bootLinux, linuxGuestFiles, linuxMachineOptions, startWorkload } from "../host/guests/linux-guest.ts";
+import type { MachineOutput } from "../host/machine/machine.ts";
+import { NetBridge } from "../host/net/net-bridge.ts";
+import { NetLink } from "../host/net/net-link.ts";
+import { startPasst } from "../host/net/passt.ts";
+import { memoryPair } from "../host/protocol/transport.ts";
+import { replicate } from "../host/replication/primary.ts";
+import { standby } from "../host/replication/secondary.ts";
+import type { Progress } from "./memory.ts";
+import { median } from "./timing.ts";
+
+const INTERVAL_MS = 25;
+const PHASES = 4; // alone, replicated, alone, replicated…
+const RTT_SAMPLES = 40;
+const STREAM_MS = 3000;
+const READY_TIMEOUT_MS = 900_000;
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function connectTo(port: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ port, host: "127.0.0.1" }, () => resolve(socket));
+    socket.once("error", reject);
+    socket.setNoDelay(true);
+  });
+}
+
+/** Median ms of one-byte round trips through the guest's echo service. */
+async function roundTrips(port: number): Promise<number> {
+  const socket = await connectTo(port);
+  const times: number[] = [];
+  try {
+    for (let i = 0; i < RTT_SAMPLES + 3; i++) {
+      const sent = performance.now();
+      const back = new Promise<void>((resolve) => socket.once("data", () => resolve()));
+      socket.write("x");
+      await back;
+      if (i >= 3) times.push(performance.now() - sent); // the first few set up the connection's paths
+    }
+  } finally {
+    socket.destroy();
+  }
+  return median(times);
+}
+
+/** Bytes per second read from the guest's counting service over STREAM_MS. */
+async function stream(port: number): Promise<number> {
+  const socket = await connectTo(port);
+  let bytes = 0;
+  let started = 0;
+  socket.on("data", (chunk: Uint8Array) => {
+    if (started === 0) started = performance.now();
+    else bytes += chunk.length;
+  });
+  await new Promise((resolve) => setTimeout(resolve, STREAM_MS));
+  const elapsed = performance.now() - started;
+  socket.destroy();
+  return started === 0 ? 0 : (bytes / elapsed) * 1000;
+}
+
+export async function runNetSuite(progress: Progress): Promise<Record<string, number>> {
+  const files = linuxGuestFiles();
+  const dir = mkdtempSync(join(tmpdir(), "tandem-bench-net-"));
+  const [echoPort, countPort] = [await freePort(), await freePort()];
+  const passt = await startPasst({ tcpForwards: [`127.0.0.1/${echoPort}:82`, `127.0.0.1/${countPort}:81`], extraArgs: ["--no-dhcpv6", "--no-ra", "--no-ndp", "--no-dhcp-dns"] });
+  const images = ["primary", "standby"].map((side) => join(dir, `${side}.img`));
+  for (const image of images) copyFileSync(files.dataImage, image);
+  const disks = images.map((image) => openDisk(image, { format: "raw" }));
+  progress("booting the Linux guest (from its snapshot when there is one)");
+  const { machine } = await bootLinux(files, "bzimage", { ...linuxMachineOptions(files, "bzimage", { data: disks[0] }), network: true }, { timeoutMs: READY_TIMEOUT_MS });
+  const replica = await V86Machine.create({ ...linuxMachineOptions(files, "bzimage", { data: disks[1] }), network: true });
+  const bridge = new NetBridge(machine.nic!);
+  bridge.attach(await NetLink.connect({ path: passt.socketPath }));
+  let serial = "";
+  const alone = (o: MachineOutput) => {
+    if (o.channel === NET_CHANNEL) bridge.release(o.data);
+    else serial += new TextDecoder().decode(o.data);
+  };
+  const rtt = { alone: [] as number[], replicated: [] as number[] };
+  const rate = { alone: [] as number[], replicated: [] as number[] };
+  const commits: number[] = [];
+  try {
+    machine.onOutput(alone);
+    startWorkload(machine, "net");
+    machine.resume();
+    const deadline = performance.now() + READY_TIMEOUT_MS;
+    while (!serial.includes("tandem-linux: net up")) {
+      if (performance.now() > deadline || serial.includes("no DHCP answer")) throw new Error(`the guest's network did not come up: ${serial.slice(-300)}`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    for (let phase = 0; phase < PHASES; phase++) {
+      const replicated = phase % 2 === 1;
+      progress(`phase ${phase + 1}/${PHASES} (${replicated ? "replicated" : "alone"})`);
+      let stop: AbortController | undefined;
+      let done: Promise<unknown> | undefined;
+      if (replicated) {
+        stop = new AbortController();
+        const [a, b] = memoryPair();
+        const sb = standby(replica, b, { heartbeatTimeoutMs: 5000 });
+        done = Promise.allSettled([
+          replicate(machine, a, { intervalMs: INTERVAL_MS, signal: stop.signal, release: (o) => alone(o), onCommitted: (s) => void commits.push(s.commitMs) }).promise,
+          sb.promise,
+        ]);
+        await new Promise((resolve) => setTimeout(resolve, 1000)); // past the first, whole-RAM checkpoint
+      }
+      (replicated ? rtt.replicated : rtt.alone).push(await roundTrips(echoPort));
+      (replicated ? rate.replicated : rate.alone).push(await stream(countPort));
+      if (stop) {
+        stop.abort();
+        await done;
+        machine.onOutput(alone);
+      }
+    }
+  } finally {
+    await machine.destroy();
+    await replica.destroy();
+    bridge.link?.close();
+    for (const disk of disks) disk.close();
+    await passt.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const rttAlone = median(rtt.alone);
+  const rttReplicated = median(rtt.replicated);
+  const commitMs = median(commits);
+  return {
+    interval_ms: INTERVAL_MS,
+    rtt_ms_p50_alone: rttAlone,
+    rtt_ms_p50_replicated: rttReplicated,
+    rtt_added_ms_p50: rttReplicated - rttAlone,
+    rtt_added_budget_ms: INTERVAL_MS + commitMs,
+    commit_ms_p50: commitMs,
+    stream_bytes_per_s_alone: median(rate.alone),
+    stream_bytes_per_s_replicated: median(rate.replicated),
+    stream_ratio: median(rate.replicated) / median(rate.alone),
+  };
+}
