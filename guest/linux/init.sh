@@ -121,6 +121,10 @@ SCRIPT
   (while true; do nc -l -p 80 -e /bin/net-ticks; done) &
   (while true; do nc -l -p 81 -e /bin/net-count; done) &
   (while true; do nc -l -p 82 -e /bin/cat; done) &
+  # "net up" promises a client that all three listen.
+  for port in 80 81 82; do
+    while ! netstat -ltn 2>/dev/null | grep -q ":$port "; do usleep 50000; done
+  done
   echo "tandem-linux: net up"
 }
 

@@ -135,8 +135,10 @@ test("the connection stays open across the takeover; ticks and echoes have no ga
     client = new TickClient(port);
     const c = client;
     let pings = 0;
-    const pinger = setInterval(() => c.send(`ping ${++pings}`), 100);
-    await until(() => c.ticks.length >= 20 && c.echoes.length >= 5, 60_000);
+    const pinger = setInterval(() => c.send(`ping ${++pings}`), 500);
+    await until(() => c.ticks.length >= 10 && c.echoes.length >= 3, 120_000).catch((error: Error) => {
+      throw new Error(`${error.message}: the client saw ${c.ticks.length} ticks, ${c.echoes.length} echoes, bad lines ${JSON.stringify(c.bad.slice(0, 3))}, connection ${c.closed ?? "open"}`);
+    });
     // The primary dies: its guest stops, its network connection and its replication link break.
     killed = true;
     primary.pause();
@@ -148,10 +150,12 @@ test("the connection stays open across the takeover; ticks and echoes have no ga
     const result = await sb.promise;
     assert.is(result.outcome, "takeover");
     standbyBridge.attach(await NetLink.connect({ path: passt.socketPath }, { retryMs: 5000 }));
-    await until(() => c.ticks.length >= ticksAtKill + 30, 120_000);
+    await until(() => c.ticks.length >= ticksAtKill + 10, 180_000);
     clearInterval(pinger);
     const lastPing = `ping ${pings}`;
-    await until(() => c.echoes.includes(lastPing), 30_000);
+    await until(() => c.echoes.includes(lastPing), 120_000).catch((error: Error) => {
+      throw new Error(`${error.message}: ${c.echoes.length} of ${c.sent.length} lines echoed, ${c.ticks.length} ticks, connection ${c.closed ?? "open"}`);
+    });
     assert.is(c.closed, undefined, "the connection stayed open");
     assert.equal(c.bad, [], "no corrupted or foreign line");
     assert.ok(c.ticks.every((n, i) => n === i + 1), `ticks 1..${c.ticks.length} in order, once each: ${JSON.stringify(c.ticks.slice(0, 5))}…`);
