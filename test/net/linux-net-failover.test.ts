@@ -128,7 +128,7 @@ test("the connection stays open across the takeover; ticks and echoes have no ga
     const primaryRelease = route(primaryBridge);
     const rep = replicate(primary, a, { intervalMs: 50, release: (o) => void (!killed && primaryRelease(o)) });
     const sb = standby(secondary, b, { heartbeatTimeoutMs: 500, release: route(standbyBridge) });
-    await until(() => released().includes("tandem-linux: net up"), 120_000);
+    await until(() => released().includes("tandem-linux: net up"), 400_000);
     assert.match(released(), /tandem-linux: dhcp \d+\.\d+\.\d+\.\d+/);
     if (dns) assert.ok(released().includes(`tandem-linux: dns ${DNS_NAME} ${DNS_ADDRESS}`), `the guest's lookup through passt: ${released().match(/tandem-linux: dns .*/)?.[0]}`);
 
