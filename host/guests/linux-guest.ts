@@ -124,6 +124,8 @@ export function linuxSnapshotKey(files: LinuxGuestFiles, boot: LinuxBoot, option
     cmdline: boot === "bzimage" ? files.cmdline : null,
     memoryBytes: options.memoryBytes,
     vgaMemoryBytes: options.vgaMemoryBytes ?? null,
+    // A connected network card is part of the guest's identity: a snapshot of one without it is refused.
+    network: options.network ?? false,
     bootOrder: options.bootOrder ?? null,
     bios: hash(firmware.bios),
     vgaBios: hash(firmware.vgaBios),
@@ -155,7 +157,7 @@ export async function bootLinux(files: LinuxGuestFiles, boot: LinuxBoot, options
   const started = performance.now();
   const dir = settings.snapshotDir ?? join(files.dir, "snapshots");
   const key = linuxSnapshotKey(files, boot, options);
-  const prefix = `${boot}-${(options.memoryBytes ?? 0) >>> 20}m-`;
+  const prefix = `${boot}${options.network ? "-net" : ""}-${(options.memoryBytes ?? 0) >>> 20}m-`;
   const snapshot = join(dir, `${prefix}${key.slice(0, 24)}.tandem`);
   const machine = await V86Machine.create(options);
   try {
