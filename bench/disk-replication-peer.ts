@@ -1,6 +1,6 @@
 /**
  * The standby of the disk replication bench, in its own process:
- *   disk-replication-peer.ts IMAGE MEMORY_MIB
+ *   disk-replication-peer.ts IMAGE MEMORY_MIB DIRTY_PAGES DISK_EVERY   (the primary's machine options)
  * Opens IMAGE as a replica (recovering what a kill interrupted), prints `PORT <n>` when
  * listening, stands by, then prints one JSON line with the standby's result and exits.
  */
@@ -10,9 +10,9 @@ import { listen, type SocketTransport } from "../host/protocol/socket-transport.
 import { DiskReplica } from "../host/replication/disk-replica.ts";
 import { standby } from "../host/replication/secondary.ts";
 
-const [image, mib] = process.argv.slice(2);
+const [image, mib, dirty, diskEvery] = process.argv.slice(2);
 const replica = DiskReplica.open(image);
-const machine = new ReferenceMachine({ memoryBytes: Number(mib) << 20, dirtyPages: 1, stepsPerTick: 0, disk: replica.disk });
+const machine = new ReferenceMachine({ memoryBytes: Number(mib) << 20, dirtyPages: Number(dirty), diskEvery: Number(diskEvery), stepsPerTick: 0, disk: replica.disk });
 let accept!: (t: SocketTransport) => void;
 const accepted = new Promise<SocketTransport>((resolve) => (accept = resolve));
 const server = await listen({ port: 0 }, (t) => accept(t));

@@ -60,10 +60,10 @@ async function sync(source: string, replicaPath: string, guestRuns: boolean): Pr
   rmSync(`${replicaPath}.tandem-record`, { force: true });
   rmSync(`${replicaPath}.tandem-journal`, { force: true });
   createImage(replicaPath, "qcow2", { size: GIB });
-  const peer = await startPeer("./disk-replication-peer.ts", [replicaPath, String(MEMORY_MIB)], "the standby");
+  const pages = (MEMORY_MIB << 20) / 4096;
+  const peer = await startPeer("./disk-replication-peer.ts", [replicaPath, String(MEMORY_MIB), String(Math.round(pages / 100)), "1"], "the standby");
   const image = openDisk(source);
   const disk = new ChangeLoggedDisk(image, ChangeLog.open(changeLogPath(source), image.size));
-  const pages = (MEMORY_MIB << 20) / 4096;
   const machine = new ReferenceMachine({ memoryBytes: MEMORY_MIB << 20, dirtyPages: Math.round(pages / 100), diskEvery: 1, stepsPerTick: guestRuns ? 1 : 0, tickMs: 2, disk });
   const stats: CheckpointStats[] = [];
   const started = performance.now();
@@ -120,7 +120,7 @@ async function rejoin(source: string, replicaPath: string): Promise<{ sent: numb
   const disk = new ChangeLoggedDisk(image, ChangeLog.open(changeLogPath(source), image.size));
   const machine = new ReferenceMachine({ memoryBytes: MEMORY_MIB << 20, dirtyPages: 1, diskEvery: 0, stepsPerTick: 0, disk });
   machine.resume();
-  const first = await startPeer("./disk-replication-peer.ts", [replicaPath, String(MEMORY_MIB)], "the standby");
+  const first = await startPeer("./disk-replication-peer.ts", [replicaPath, String(MEMORY_MIB), "1", "0"], "the standby");
   let protectedSeen = false;
   const op = replicate(machine, await connect({ port: first.port }), { intervalMs: 25, onCommitted: (s) => void (protectedSeen ||= s.protected) });
   while (!protectedSeen) await new Promise((r) => setTimeout(r, 10));
@@ -130,7 +130,7 @@ async function rejoin(source: string, replicaPath: string): Promise<{ sent: numb
   const blocks = new Set<number>();
   while (blocks.size < 1000) blocks.add(Math.floor(Math.random() * (GIB / BLOCK)));
   for (const b of blocks) disk.write(b * BLOCK + 4096, new Uint8Array(4096).fill(9));
-  const second = await startPeer("./disk-replication-peer.ts", [replicaPath, String(MEMORY_MIB)], "the standby");
+  const second = await startPeer("./disk-replication-peer.ts", [replicaPath, String(MEMORY_MIB), "1", "0"], "the standby");
   const controller = new AbortController();
   let stats: CheckpointStats | undefined;
   const again = replicate(machine, await connect({ port: second.port }), {
