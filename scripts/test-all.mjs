@@ -50,12 +50,14 @@ for (const name of chosen) {
   if (values.grep) args.push(values.grep);
   const report = join(dir, `${name}.json`);
   console.log(`\n== tests on ${name} ==`);
+  const started = Date.now();
   const result = spawnSync(command, args, {
     cwd: root,
     stdio: "inherit",
     timeout: RUNTIME_TIMEOUT_MS,
     env: { ...process.env, TANDEM_TEST_REPORT: report, FORCE_COLOR: "0", NO_COLOR: "1" },
   });
+  console.log(`${name}: ${((Date.now() - started) / 60000).toFixed(1)} min`);
   let counts;
   try {
     counts = JSON.parse(readFileSync(report, "utf8"));

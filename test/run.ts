@@ -34,7 +34,10 @@ for (const suite of suites) {
 let total = 0;
 let passed = 0;
 let skipped = 0;
+// Each file's time is printed after it, so that a slow file shows in CI's log (the whole run has
+// a time limit, and three runtimes share it).
 for (const [name, ...runners] of g.UVU_QUEUE) {
+  const started = performance.now();
   if (name != null) process.stdout.write(`${name}\n`);
   for (const runner of runners) {
     const [errors, ran, skips, max] = await runner();
@@ -43,6 +46,7 @@ for (const [name, ...runners] of g.UVU_QUEUE) {
     skipped += skips;
     if (typeof errors === "string" && errors.length > 0) process.stdout.write(`\n${errors}\n`);
   }
+  if (name != null) process.stdout.write(`  ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
 }
 
 const failed = total - passed;
