@@ -78,7 +78,7 @@ export interface PrimarySideResult {
 
 /**
  * Runs `machine` as the primary: alone (outputs released as they come, through the gate) until a
- * standby joins, then replicating to it (syncing, then protected after its first ACK), alone
+ * standby joins, then replicating to it (syncing, then protected once it holds the disks whole), alone
  * again when it is lost, and so on. Each standby gets a new generation (with a witness, won by
  * advancing the key first). Ends when cancelled or fenced.
  */
@@ -136,7 +136,7 @@ export async function runPrimarySide(machine: Machine, options: PrimarySideOptio
       notice(`a standby joined: syncing at generation ${generation}`);
       replication = new AbortController();
       if (loop.signal.aborted) replication.abort();
-      let first = true;
+      let syncing = true;
       const op = replicate(machine, transport, {
         ...options.replicate,
         gate,
@@ -144,8 +144,10 @@ export async function runPrimarySide(machine: Machine, options: PrimarySideOptio
         confirmOwnership: ownership ? () => ownership.advance() : undefined,
         signal: replication.signal,
         onCommitted: (stats) => {
-          if (first) {
-            first = false;
+          // Protected only once the standby holds every disk whole (the background copy done and
+          // a checkpoint after it acknowledged): before that, a takeover would lose the disks.
+          if (syncing && stats.protected) {
+            syncing = false;
             state.apply(PairEvent.SyncComplete);
             notice(`protected: the standby holds checkpoint ${stats.checkpoint}`);
           }

@@ -8,16 +8,10 @@ import { ReleaseGate, type ReleasedOutput } from "../../host/replication/release
 import { startLocalEtcd, type LocalEtcd } from "../../host/witness/local-etcd.ts";
 import { Witness } from "../../host/witness/witness.ts";
 import { etcdTest, uniqueGuest } from "../support/etcd.ts";
-import { until } from "../support/session.ts";
+import { until, within } from "../support/session.ts";
 import { startTcpProxy } from "../support/tcp-proxy.ts";
 
 const test = suite("pair: re-protection, a chain of failures, and the witness deciding who runs");
-/**
- * Opt-in (TANDEM_LONG_TESTS=1) for now: in the last clean-clone run on an idle machine this file
- * sat with no CPU use for over eight minutes, after passing on a loaded one; until that wait is
- * understood it would hang a default run. witness/ and cli-pair cover the witness and the CLI pair.
- */
-const pairTest = globalThis.process?.env?.TANDEM_LONG_TESTS === "1" ? test : test.skip;
 const MACHINE: ReferenceMachineOptions = { memoryBytes: 1 << 18, dirtyPages: 4, diskBytes: 8 * 1024, diskEvery: 3, seed: 3, stepsPerTick: 1, tickMs: 2 };
 let etcd: LocalEtcd | undefined;
 
@@ -139,7 +133,7 @@ function standbyOf(host: Host, primaries: PeerSource, witness?: Witness): Promis
   return runStandbySide(host.machine, { primaries, release: host.release, heartbeatTimeoutMs: 300, onNotice: host.notice, signal: host.controller.signal, witness });
 }
 
-pairTest("without a witness: the standby dies, the guest runs on alone, a new standby joins; then a chain of primary deaths", async () => {
+test("without a witness: the standby dies, the guest runs on alone, a new standby joins; then a chain of primary deaths", async () => {
   const world = new World();
   const a = new Host("a", world);
   const b = new Host("b", world);
@@ -153,7 +147,7 @@ pairTest("without a witness: the standby dies, the guest runs on alone, a new st
   join(a, b, bIn);
   await until(() => a.lastState() === PairState.Protected, 5000);
   await b.kill();
-  await bRun;
+  await within(bRun, 10_000, "b's standby side");
   await until(() => a.lastState() === PairState.Alone, 5000);
   const alone = world.by("a");
   await until(() => world.by("a") > alone + 20, 5000);
@@ -165,7 +159,7 @@ pairTest("without a witness: the standby dies, the guest runs on alone, a new st
   assert.is(a.notices[a.notices.length - 1].generation, 2, "a second standby, a second generation");
   // a dies: c takes over, and takes standbys; d joins c; c dies: d runs on.
   await a.kill();
-  const cTook = await cRun;
+  const cTook = await within(cRun, 10_000, "c's standby side (a takeover)");
   assert.is(cTook.outcome, "takeover");
   if (cTook.outcome !== "takeover") return;
   const cPrimary = runPrimarySide(c.machine, {
@@ -177,7 +171,7 @@ pairTest("without a witness: the standby dies, the guest runs on alone, a new st
   await until(() => c.lastState() === PairState.Protected, 5000);
   const beforeKill = world.seen.size;
   await c.kill();
-  const dTook = await dRun;
+  const dTook = await within(dRun, 10_000, "d's standby side (a takeover)");
   assert.is(dTook.outcome, "takeover");
   assert.ok(dTook.outcome === "takeover" && dTook.result.lastSeq > 0, "the takeover continues the sequence (from CHECKPOINT_END's last seq)");
   await until(() => world.seen.size > beforeKill + 20, 5000);
@@ -190,7 +184,7 @@ pairTest("without a witness: the standby dies, the guest runs on alone, a new st
   c.machine.pause();
 });
 
-pairTest("with a witness: the link cut, both alive: only the primary releases, the standby declines and rejoins, protected again", async () => {
+test("with a witness: the link cut, both alive: only the primary releases, the standby declines and rejoins, protected again", async () => {
   if (!etcd) return;
   const guest = uniqueGuest("pair-link");
   const world = new World();
@@ -222,7 +216,7 @@ pairTest("with a witness: the link cut, both alive: only the primary releases, t
   await ownership.release();
 });
 
-pairTest("with a witness: the primary cut from etcd fences itself before the standby wins and takes over", async () => {
+test("with a witness: the primary cut from etcd fences itself before the standby wins and takes over", async () => {
   if (!etcd) return;
   const guest = uniqueGuest("pair-fence");
   const proxy = await startTcpProxy(etcd.members[0].clientPort);
@@ -241,12 +235,12 @@ pairTest("with a witness: the primary cut from etcd fences itself before the sta
     await until(() => a.lastState() === PairState.Protected, 5000);
     proxy.cut();
     const cutAt = performance.now();
-    const aResult = await aRun;
+    const aResult = await within(aRun, 10_000, "a's side");
     assert.is(aResult.outcome, "fenced");
     const fencedAt = performance.now();
     assert.ok(fencedAt - cutAt < 2000, `fenced ${(fencedAt - cutAt).toFixed(0)} ms after the cut, within the 2 s lease`);
     assert.not.ok(a.machine.running);
-    const bTook = await bRun;
+    const bTook = await within(bRun, 10_000, "b's standby side");
     assert.is(bTook.outcome, "takeover");
     await until(() => world.by("b") > 10, 5000);
     const lastA = Math.max(...world.log.filter((l) => l.host === "a").map((l) => l.at));

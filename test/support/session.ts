@@ -116,3 +116,16 @@ export async function until(check: () => boolean, ms = 2000): Promise<void> {
     await new Promise((r) => setTimeout(r, 2));
   }
 }
+
+/** `promise`, or a failure naming `what` after `ms`: a test waits on nothing without a bound. */
+export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not done within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
