@@ -6,7 +6,8 @@
  *   node --import tsx test/run.ts [pattern]    deno run -A test/run.ts    bun run test/run.ts
  *
  * With TANDEM_TEST_REPORT=FILE it also writes {runtime, passed, failed, skipped} there as JSON
- * for scripts/test-all.mjs. Exits 1 on any failure or when no test ran.
+ * for scripts/test-all.mjs. Exits 1 on any failure or when no test ran, and exits even if a test
+ * left a timer or socket open (TANDEM_TEST_OPEN=1 names what it left).
  */
 
 import { writeFileSync } from "node:fs";
@@ -54,4 +55,14 @@ const runtime = runtimeName();
 console.log(`\n${runtime}: ${suites.length} files, ${total} tests, ${passed} ok, ${failed} not ok, ${skipped} skipped`);
 const report = process.env.TANDEM_TEST_REPORT;
 if (report) writeFileSync(report, JSON.stringify({ runtime, passed, failed, skipped }));
-process.exitCode = failed > 0 || total === 0 ? 1 : 0;
+// Whatever a test left open (a server, a timer, a worker's port) must not keep the runtime alive
+// after the count, as one did in CI for 45 minutes: exit. TANDEM_TEST_OPEN=1 names what was
+// still open (on Node), to find the leak; pending timers and exiting children show there too.
+const open = (process as { getActiveResourcesInfo?: () => string[] }).getActiveResourcesInfo?.() ?? [];
+const leftovers = open.filter((kind) => kind !== "TTYWrap" && kind !== "PipeWrap");
+if (process.env.TANDEM_TEST_OPEN === "1" && leftovers.length > 0) {
+  const counts = new Map<string, number>();
+  for (const kind of leftovers) counts.set(kind, (counts.get(kind) ?? 0) + 1);
+  console.log(`still open after the suite: ${[...counts].map(([kind, n]) => `${kind} ×${n}`).join(", ")}`);
+}
+process.exit(failed > 0 || total === 0 ? 1 : 0);
