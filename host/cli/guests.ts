@@ -19,6 +19,7 @@ import { MemoryDisk } from "../machine/memory-disk.ts";
 import { ReferenceMachine } from "../machine/reference-machine.ts";
 import { linuxCliGuest, type GuestRole } from "./linux-cli-guest.ts";
 import { choice, flag, number, text, type OptionValues } from "./options.ts";
+import type { DiskHook } from "./replicated-disks.ts";
 
 /** The guests the CLI builds. */
 const GUEST_NAMES = ["v86", "reference", "linux"] as const;
@@ -93,8 +94,8 @@ export interface GuestFromOptions {
    * starts its workload; a side that "receives" it from a stream only builds the machine.
    */
   role?: GuestRole;
-  /** Called with each writable disk image once opened: returns the disk the machine gets (see OpenGuestOptions). */
-  disk?: OpenGuestOptions["disk"];
+  /** Called with each writable disk image once opened (the Linux guest's data disk too): returns the disk the machine gets (see OpenGuestOptions). */
+  disk?: DiskHook;
 }
 
 /**
@@ -109,7 +110,7 @@ export async function guestFrom(values: GuestValues, options: GuestFromOptions =
   if (values.disk !== undefined && values.guest !== "linux") throw new TandemError(ErrorCode.BadArgument, `--disk is the Linux guest's; --guest ${values.guest} keeps its disk in memory`);
   if (values.guest === "linux") {
     const mib = values.memory ?? DEFAULT_LINUX_MIB;
-    const linux = await linuxCliGuest(mib, values.disk, options.role ?? "runs");
+    const linux = await linuxCliGuest(mib, values.disk, options.role ?? "runs", options.disk);
     return { machine: linux.machine, args: ["--guest", "linux", "--memory", String(mib)], stableDevices: false, close: linux.close, diskPath: linux.diskPath, responseTimeoutMs: 300_000 };
   }
   const mib = values.memory ?? DEFAULT_MIB;

@@ -8,7 +8,8 @@
 
 import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
+import type { Disk } from "../disk/disk.ts";
 import { openDisk } from "../disk/registry.ts";
 import { V86Machine } from "../emulators/v86/v86-machine.ts";
 import { bootLinux, linuxGuestFiles, linuxMachineOptions, startWorkload } from "../guests/linux-guest.ts";
@@ -26,9 +27,10 @@ export interface LinuxCliGuest {
 
 /**
  * Builds the Linux guest with `mib` MiB of RAM on the data disk image at `diskPath` (a fresh
- * copy of the built one, removed at close, when not given).
+ * copy of the built one, removed at close, when not given). `hook` gives the machine its disk
+ * over the opened image (a replication layer), and owns the image from then on.
  */
-export async function linuxCliGuest(mib: number, diskPath: string | undefined, role: GuestRole): Promise<LinuxCliGuest> {
+export async function linuxCliGuest(mib: number, diskPath: string | undefined, role: GuestRole, hook?: (slot: "data", path: string, image: Disk) => Disk): Promise<LinuxCliGuest> {
   const files = linuxGuestFiles();
   let scratch: string | undefined;
   if (diskPath === undefined) {
@@ -36,7 +38,15 @@ export async function linuxCliGuest(mib: number, diskPath: string | undefined, r
     diskPath = join(scratch, "data.img");
     copyFileSync(files.dataImage, diskPath);
   }
-  const disk = openDisk(diskPath, { format: "raw" });
+  const image = openDisk(diskPath, { format: "raw" });
+  let disk: Disk;
+  try {
+    disk = hook ? hook("data", resolve(diskPath), image) : image;
+  } catch (error) {
+    image.close();
+    if (scratch) rmSync(scratch, { recursive: true, force: true });
+    throw error;
+  }
   const cleanup = () => {
     disk.close();
     if (scratch) rmSync(scratch, { recursive: true, force: true });

@@ -17,11 +17,12 @@ import { restore, save } from "../replication/save-restore.ts";
 import { Witness, type Ownership } from "../witness/witness.ts";
 import { addressOption, formatAddress } from "./address.ts";
 import { CommandConsole } from "./console.ts";
-import { CounterLog, GUEST_OPTIONS, guestFrom } from "./guests.ts";
+import { CounterLog, GUEST_OPTIONS, guestFrom, type CliGuest } from "./guests.ts";
 import { Lifetime } from "./lifetime.ts";
 import { defineCommand, flag, number, required, text } from "./options.ts";
 import type { Output } from "./output.ts";
 import { acceptedPeers, dialledPeer, ownerPeer } from "./peer-sources.ts";
+import { primaryDisks, standbyDisks } from "./replicated-disks.ts";
 
 /** --run S: seconds the guest runs before the command acts on it. */
 const RUN = number("S", "run the guest S seconds first", { min: 0, max: 86400, default: 1, unit: "seconds" });
@@ -113,7 +114,7 @@ export const primaryCommand = defineCommand({
   },
 }, async ({ values }, io) => {
   if (!values.connect && !values.listen) throw new TandemError(ErrorCode.BadArgument, "primary needs --connect ADDR (a `tandem secondary --listen`) or --listen ADDR (for `tandem secondary --join`), or both");
-  const guest = await guestFrom(values);
+  const guest = await guestFrom(values, { disk: primaryDisks().hook });
   const machine = guest.machine;
   const interrupted = untilInterrupted();
   let accepted: Awaited<ReturnType<typeof acceptedPeers>> | undefined;
@@ -193,7 +194,14 @@ export const secondaryCommand = defineCommand({
   },
 }, async ({ values }, io) => {
   if (!values.listen && !values.join) throw new TandemError(ErrorCode.BadArgument, "secondary needs --listen ADDR (for `tandem primary --connect`) or --join ADDR (a `tandem primary --listen`), or both");
-  const guest = await guestFrom(values, { role: "receives" });
+  const images = standbyDisks();
+  let guest: CliGuest;
+  try {
+    guest = await guestFrom(values, { role: "receives", disk: images.hook });
+  } catch (error) {
+    images.close();
+    throw error;
+  }
   const machine = guest.machine;
   const interrupted = untilInterrupted();
   let accepted: Awaited<ReturnType<typeof acceptedPeers>> | undefined;
@@ -209,12 +217,13 @@ export const secondaryCommand = defineCommand({
       role: "standby",
       primaries,
       rejoin: witness ? ownerPeer(witness) : primaries,
-      standbys: accepted?.source ?? (() => new Promise<never>(() => {})),
+      standbys: accepted?.source ?? noStandbys,
       witness,
       release: printer(io, values.json),
       heartbeatTimeoutMs: values.heartbeat,
       onNotice: noticer(io, values.json),
       failOnMismatch: true, // an operator who started the wrong guest hears it, and the exit status says it
+      standbyDisks: images.forMachine(machine),
       onStandby: (op) => op.onProgress((p) => status(`standing by: checkpoint ${p.checkpoints}, ${(p.bytes / 1e6).toFixed(1)} MB received`)),
       onTakeover: (result) => {
         stoppedByPrimary = false;
@@ -229,9 +238,22 @@ export const secondaryCommand = defineCommand({
     interrupted.forget();
     await accepted?.close();
     await guest.close();
+    images.close();
   }
 });
 
+
+/**
+ * Standbys for a secondary without --listen: none ever joins it once it runs the guest, and it
+ * waits only until stopped (a wait that ignored the signal kept SIGTERM from ending it).
+ */
+function noStandbys(signal: AbortSignal): Promise<never> {
+  return new Promise<never>((_, reject) => {
+    const stop = () => reject(new TandemError(ErrorCode.Aborted, "stopped"));
+    if (signal.aborted) stop();
+    else signal.addEventListener("abort", stop, { once: true });
+  });
+}
 
 /** Runs the guest for `seconds`, or until `lifetime` ends; true if it ran the whole time. */
 async function runWhileAlive(machine: Machine, seconds: number, lifetime: Lifetime): Promise<boolean> {

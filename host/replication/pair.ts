@@ -202,6 +202,8 @@ export interface StandbySideOptions {
   /** Called with each standby operation (for progress). */
   onStandby?: (op: ReturnType<typeof standby>) => void;
   standby?: Pick<StandbyOptions, "receiver">;
+  /** The machine's disks as image files of this standby's own (see {@link StandbyOptions.disks}). */
+  disks?: StandbyOptions["disks"];
   /** A primary built from another guest description ends this side (E_GUEST_MISMATCH) instead of being waited past. */
   failOnMismatch?: boolean;
   signal?: AbortSignal;
@@ -239,6 +241,7 @@ export async function runStandbySide(machine: Machine, options: StandbySideOptio
     const witness = options.witness;
     const op = standby(machine, transport, {
       ...options.standby,
+      disks: options.disks,
       heartbeatTimeoutMs: options.heartbeatTimeoutMs,
       minGeneration,
       release: (o) => void gate.pass(o),
@@ -299,6 +302,8 @@ export interface PairOptions {
   onStandby?: StandbySideOptions["onStandby"];
   /** See {@link StandbySideOptions.failOnMismatch}. */
   failOnMismatch?: boolean;
+  /** Starting as a standby: its disks as image files with records and journals ({@link StandbySideOptions.disks}). */
+  standbyDisks?: StandbySideOptions["disks"];
   /** Told of each takeover this host makes. */
   onTakeover?: (result: StandbyResult) => void;
   /** A clean stop. */
@@ -332,6 +337,7 @@ export async function runPair(machine: Machine, options: PairOptions): Promise<v
     const stood = await runStandbySide(machine, {
       primaries, witness: options.witness, release: options.release, heartbeatTimeoutMs: options.heartbeatTimeoutMs, minGeneration: generation,
       state, onNotice: options.onNotice, onStandby: options.onStandby, failOnMismatch: options.failOnMismatch, signal: options.signal,
+      disks: options.role === "standby" ? options.standbyDisks : undefined,
     });
     if (stood.outcome === "stopped") return;
     options.onTakeover?.(stood.result);
