@@ -16,6 +16,7 @@ import { V86Machine } from "../emulators/v86/v86-machine.ts";
 import { ErrorCode, TandemError } from "../errors.ts";
 import type { Machine } from "../machine/machine.ts";
 import { MemoryDisk } from "../machine/memory-disk.ts";
+import type { FrameSink } from "../net/net-bridge.ts";
 import { ReferenceMachine } from "../machine/reference-machine.ts";
 import { linuxCliGuest, type GuestRole } from "./linux-cli-guest.ts";
 import { choice, flag, number, text, type OptionValues } from "./options.ts";
@@ -79,6 +80,8 @@ export interface CliGuest {
    * of RAM, which a loaded machine can take more than the default to apply.
    */
   responseTimeoutMs?: number;
+  /** The guest's network card, when built with `network`. */
+  nic?: FrameSink;
 }
 
 /** How {@link guestFrom} builds the guest. */
@@ -96,6 +99,12 @@ export interface GuestFromOptions {
   role?: GuestRole;
   /** Called with each writable disk image once opened (the Linux guest's data disk too): returns the disk the machine gets (see OpenGuestOptions). */
   disk?: DiskHook;
+  /**
+   * Connect the guest's network card (a v86 guest's NE2000) to tandem: its frames become outputs
+   * of channel "net0", and {@link CliGuest.nic} takes frames for it. The Linux guest then runs
+   * its network workload (DHCP, and TCP services on ports 80 to 82) instead of the file one.
+   */
+  network?: boolean;
 }
 
 /**
@@ -103,15 +112,21 @@ export interface GuestFromOptions {
  * (the reference machine ticks every millisecond, the v86 guest --hz times a second).
  */
 export async function guestFrom(values: GuestValues, options: GuestFromOptions = {}): Promise<CliGuest> {
-  if (values.guest === "reference" && values.hda !== undefined) return referenceOnImage(values, options);
   const described = describedGuest(values);
+  if (options.network && !described && values.guest !== "linux") {
+    throw new TandemError(ErrorCode.BadArgument, `--net needs a guest with a network driver: --guest linux, or a v86 guest of your own (--guest-file, --bzimage...); --guest ${values.guest} has none`);
+  }
+  if (values.guest === "reference" && values.hda !== undefined) return referenceOnImage(values, options);
   if (described) return describedFrom(options.ownDisksIn === undefined ? described : withOwnDisks(described, options.ownDisksIn), values, options);
   const { dirty, hz } = values;
   if (values.disk !== undefined && values.guest !== "linux") throw new TandemError(ErrorCode.BadArgument, `--disk is the Linux guest's; --guest ${values.guest} keeps its disk in memory`);
   if (values.guest === "linux") {
     const mib = values.memory ?? DEFAULT_LINUX_MIB;
-    const linux = await linuxCliGuest(mib, values.disk, options.role ?? "runs", options.disk);
-    return { machine: linux.machine, args: ["--guest", "linux", "--memory", String(mib)], stableDevices: false, close: linux.close, diskPath: linux.diskPath, responseTimeoutMs: 300_000 };
+    const linux = await linuxCliGuest(mib, values.disk, options.role ?? "runs", options.disk, options.network ?? false);
+    return {
+      machine: linux.machine, args: ["--guest", "linux", "--memory", String(mib)], stableDevices: false, close: linux.close, diskPath: linux.diskPath, responseTimeoutMs: 300_000,
+      nic: linux.machine.nic,
+    };
   }
   const mib = values.memory ?? DEFAULT_MIB;
   const args = ["--guest", values.guest, "--memory", String(mib), "--dirty", String(dirty), "--hz", String(hz)];
@@ -169,7 +184,7 @@ function withOwnDisks(description: GuestDescription, folder: string): GuestDescr
 }
 
 /** A described guest, opened and built; its arguments name every file by absolute path. */
-async function describedFrom(description: GuestDescription, values: GuestValues, open: OpenGuestOptions): Promise<CliGuest> {
+async function describedFrom(description: GuestDescription, values: GuestValues, open: OpenGuestOptions & { network?: boolean }): Promise<CliGuest> {
   const args = ["--guest", "v86"];
   if (values["guest-file"] !== undefined) args.push("--guest-file", resolve(values["guest-file"]));
   for (const name of Object.keys(DESCRIBING) as (keyof typeof DESCRIBING)[]) {
@@ -180,13 +195,13 @@ async function describedFrom(description: GuestDescription, values: GuestValues,
   const guest = openGuest(description, open);
   let machine: V86Machine;
   try {
-    machine = await V86Machine.create(guest.options);
+    machine = await V86Machine.create({ ...guest.options, network: open.network ?? false });
   } catch (error) {
     guest.close();
     throw error;
   }
   return {
-    machine, args, stableDevices: false,
+    machine, args, stableDevices: false, nic: machine.nic,
     close: async () => {
       await machine.destroy();
       guest.close();

@@ -2,8 +2,9 @@
  * `--guest linux` for the commands that build a guest: tandem's Linux guest (guest/linux/,
  * host/guests/linux-guest.ts), booted from its bzImage on Debian's SeaBIOS with its own copy of
  * the ext4 data disk. A side that runs the guest first (a primary, a save) restores the boot
- * snapshot (booting once to make it) and starts the file workload; a side that receives the
- * guest (a standby, a restore) only builds the machine, which the stream fills.
+ * snapshot (booting once to make it) and starts the file workload (with a network card: the
+ * network workload); a side that receives the guest (a standby, a restore) only builds the
+ * machine, which the stream fills.
  */
 
 import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
@@ -28,9 +29,10 @@ export interface LinuxCliGuest {
 /**
  * Builds the Linux guest with `mib` MiB of RAM on the data disk image at `diskPath` (a fresh
  * copy of the built one, removed at close, when not given). `hook` gives the machine its disk
- * over the opened image (a replication layer), and owns the image from then on.
+ * over the opened image (a replication layer), and owns the image from then on. With `network`,
+ * its card is connected and a running side starts the network workload rather than the file one.
  */
-export async function linuxCliGuest(mib: number, diskPath: string | undefined, role: GuestRole, hook?: (slot: "data", path: string, image: Disk) => Disk): Promise<LinuxCliGuest> {
+export async function linuxCliGuest(mib: number, diskPath: string | undefined, role: GuestRole, hook?: (slot: "data", path: string, image: Disk) => Disk, network = false): Promise<LinuxCliGuest> {
   const files = linuxGuestFiles();
   let scratch: string | undefined;
   if (diskPath === undefined) {
@@ -52,7 +54,7 @@ export async function linuxCliGuest(mib: number, diskPath: string | undefined, r
     if (scratch) rmSync(scratch, { recursive: true, force: true });
   };
   try {
-    const options = linuxMachineOptions(files, "bzimage", { data: disk }, mib << 20);
+    const options = { ...linuxMachineOptions(files, "bzimage", { data: disk }, mib << 20), network };
     let machine: V86Machine;
     if (role === "runs") {
       const tty = process.stderr.isTTY === true;
@@ -61,7 +63,7 @@ export async function linuxCliGuest(mib: number, diskPath: string | undefined, r
       });
       if (tty && !booted.fromSnapshot) process.stderr.write("\r\x1b[K");
       machine = booted.machine;
-      startWorkload(machine, "files");
+      startWorkload(machine, network ? "net" : "files");
     } else {
       machine = await V86Machine.create(options);
     }

@@ -19,6 +19,8 @@ import { addressOption, formatAddress } from "./address.ts";
 import { CommandConsole } from "./console.ts";
 import { CounterLog, GUEST_OPTIONS, guestFrom, type CliGuest } from "./guests.ts";
 import { Lifetime } from "./lifetime.ts";
+import { NET_OPTION } from "./net-option.ts";
+import { pairNetwork, type PairNetwork } from "./pair-network.ts";
 import { defineCommand, flag, number, required, text } from "./options.ts";
 import type { Output } from "./output.ts";
 import { acceptedPeers, dialledPeer, ownerPeer } from "./peer-sources.ts";
@@ -97,6 +99,14 @@ function noticer(io: Output, json: boolean): (n: PairNotice) => void {
   };
 }
 
+/** `report`, and the network told of each notice too (a fenced host hangs up). */
+function withNetwork(report: (n: PairNotice) => void, network: PairNetwork | undefined): (n: PairNotice) => void {
+  return (n) => {
+    network?.notice(n);
+    report(n);
+  };
+}
+
 /** `tandem primary`: runs the guest and protects it with whatever standby joins, until interrupted. */
 export const primaryCommand = defineCommand({
   name: "primary",
@@ -109,17 +119,21 @@ export const primaryCommand = defineCommand({
     digests: flag("with --json, print a digest of the whole state at each checkpoint"),
     "disk-digests": flag("with --json, print a digest of the disks at each checkpoint"),
     heartbeat: number("MS", "once fenced and standing by: take over after MS milliseconds of silence", { above: 0, max: 600_000, default: 500, unit: "milliseconds" }),
+    net: NET_OPTION,
     ...WITNESS_OPTIONS,
     ...GUEST_OPTIONS,
   },
 }, async ({ values }, io) => {
   if (!values.connect && !values.listen) throw new TandemError(ErrorCode.BadArgument, "primary needs --connect ADDR (a `tandem secondary --listen`) or --listen ADDR (for `tandem secondary --join`), or both");
-  const guest = await guestFrom(values, { disk: primaryDisks().hook });
+  const guest = await guestFrom(values, { disk: primaryDisks().hook, network: values.net !== undefined });
   const machine = guest.machine;
   const interrupted = untilInterrupted();
   let accepted: Awaited<ReturnType<typeof acceptedPeers>> | undefined;
   let ownership: Ownership | undefined;
+  let network: PairNetwork | undefined;
   try {
+    network = values.net ? pairNetwork(guest, values.net, io, values.json) : undefined;
+    await network?.connect(); // the guest starts on a network that answers, or not at all
     // The first standby must be there at the start when dialled, as before; later ones are awaited.
     const first = values.connect ? await connectToSecondary(values.connect) : undefined;
     accepted = values.listen ? await acceptedPeers(values.listen) : undefined;
@@ -146,10 +160,13 @@ export const primaryCommand = defineCommand({
       rejoin: witness ? ownerPeer(witness) : undefined,
       ownership,
       witness,
-      release: printer(io, values.json),
+      release: network ? network.release(printer(io, values.json)) : printer(io, values.json),
       heartbeatTimeoutMs: values.heartbeat,
-      onNotice: noticer(io, values.json),
-      onTakeover: (result) => values.json && io.out(JSON.stringify({ type: result.outcome, ...result })),
+      onNotice: withNetwork(noticer(io, values.json), network),
+      onTakeover: (result) => {
+        network?.running();
+        if (values.json) io.out(JSON.stringify({ type: result.outcome, ...result }));
+      },
       replicate: {
         intervalMs: values.interval,
         compression: values.compress,
@@ -177,6 +194,7 @@ export const primaryCommand = defineCommand({
     interrupted.forget();
     ownership?.close();
     await accepted?.close();
+    await network?.close();
     await guest.close();
   }
 });
@@ -189,6 +207,7 @@ export const secondaryCommand = defineCommand({
     listen: addressOption("where to wait for the primary (--connect), and, after a takeover,\nfor standbys"),
     join: addressOption("the primary to join (its --listen address), dialled until it answers"),
     heartbeat: number("MS", "take over after MS milliseconds without a word from the primary", { above: 0, max: 600_000, default: 500, unit: "milliseconds" }),
+    net: NET_OPTION,
     ...WITNESS_OPTIONS,
     ...GUEST_OPTIONS,
   },
@@ -197,7 +216,7 @@ export const secondaryCommand = defineCommand({
   const images = standbyDisks();
   let guest: CliGuest;
   try {
-    guest = await guestFrom(values, { role: "receives", disk: images.hook });
+    guest = await guestFrom(values, { role: "receives", disk: images.hook, network: values.net !== undefined });
   } catch (error) {
     images.close();
     throw error;
@@ -205,7 +224,9 @@ export const secondaryCommand = defineCommand({
   const machine = guest.machine;
   const interrupted = untilInterrupted();
   let accepted: Awaited<ReturnType<typeof acceptedPeers>> | undefined;
+  let network: PairNetwork | undefined;
   try {
+    network = values.net ? pairNetwork(guest, values.net, io, values.json) : undefined;
     accepted = values.listen ? await acceptedPeers(values.listen) : undefined;
     if (accepted && values.json) io.out(JSON.stringify({ type: "listening", address: accepted.server.address }));
     const witness = witnessFrom(values, accepted?.server.address);
@@ -219,13 +240,14 @@ export const secondaryCommand = defineCommand({
       rejoin: witness ? ownerPeer(witness) : primaries,
       standbys: accepted?.source ?? noStandbys,
       witness,
-      release: printer(io, values.json),
+      release: network ? network.release(printer(io, values.json)) : printer(io, values.json),
       heartbeatTimeoutMs: values.heartbeat,
-      onNotice: noticer(io, values.json),
+      onNotice: withNetwork(noticer(io, values.json), network),
       failOnMismatch: true, // an operator who started the wrong guest hears it, and the exit status says it
       standbyDisks: images.forMachine(machine),
       onStandby: (op) => op.onProgress((p) => status(`standing by: checkpoint ${p.checkpoints}, ${(p.bytes / 1e6).toFixed(1)} MB received`)),
       onTakeover: (result) => {
+        network?.running(); // the standby's turn on the network its primary was on
         stoppedByPrimary = false;
         status("");
         if (values.json) io.out(JSON.stringify({ type: result.outcome, ...result }));
@@ -237,6 +259,7 @@ export const secondaryCommand = defineCommand({
   } finally {
     interrupted.forget();
     await accepted?.close();
+    await network?.close();
     await guest.close();
     images.close();
   }

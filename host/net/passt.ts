@@ -7,7 +7,7 @@
  */
 
 import { spawn, type ChildProcess } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -28,6 +28,18 @@ export interface PasstOptions {
   command?: string;
   /** How long to wait for its socket. Default 10 s. */
   startTimeoutMs?: number;
+  /**
+   * Where passt listens. Default: passt.socket in a new private folder. A stale socket file there
+   * is replaced; one that answers is refused (another passt, or another tandem, is using it).
+   */
+  socketPath?: string;
+  /**
+   * Let passt outlive this process: started in its own session, not waited for, its messages
+   * written to a file beside the socket rather than to a pipe that this process's death would
+   * break. A pair's primary starts passt this way, so that a standby can take over the network
+   * (and its open TCP connections) after the primary is killed.
+   */
+  outliveCaller?: boolean;
 }
 
 /** A running passt. */
@@ -54,25 +66,39 @@ export async function startPasst(options: PasstOptions = {}): Promise<Passt> {
   if (!Number.isInteger(mtu) || mtu < 576 || mtu > 65520) {
     throw new TandemError(ErrorCode.BadArgument, `passt MTU ${mtu}: expected 576 to 65520`);
   }
+  if (options.socketPath !== undefined && existsSync(options.socketPath)) {
+    if (await answers(options.socketPath)) {
+      throw new TandemError(ErrorCode.NetUnavailable, `cannot start passt on ${options.socketPath}: something already listens there (another passt?); give another socket path`);
+    }
+    rmSync(options.socketPath, { force: true });
+  }
   const dir = mkdtempSync(join(tmpdir(), "tandem-passt-"));
   chmodSync(dir, 0o777); // passt started as root runs as nobody, and binds its socket here
-  const socketPath = join(dir, "passt.socket");
+  const socketPath = options.socketPath ?? join(dir, "passt.socket");
   const args = ["-f", "-e", "-q", "-s", socketPath, "-m", String(mtu)];
   for (const spec of options.tcpForwards ?? []) args.push("-t", spec);
   args.push(...(options.extraArgs ?? []));
   const command = options.command ?? "passt";
-  const child = spawn(command, args, { stdio: ["ignore", "ignore", "pipe"] });
-  let stderr = "";
+  const logPath = join(dir, "passt.log");
+  const logFd = options.outliveCaller ? openSync(logPath, "w") : undefined;
+  const child = spawn(command, args, { stdio: ["ignore", "ignore", logFd ?? "pipe"], detached: options.outliveCaller === true });
+  if (logFd !== undefined) {
+    closeSync(logFd);
+    child.unref();
+  }
+  let piped = "";
   child.stderr?.setEncoding("utf8");
-  child.stderr?.on("data", (text: string) => {
-    // Without a syslog passt says so for every line it logs; those lines are noise here.
-    stderr = (stderr + text.split("\n").filter((l) => !l.startsWith("Failed to send")).join("\n")).slice(-4000);
-  });
+  child.stderr?.on("data", (text: string) => (piped = (piped + text).slice(-4000)));
+  // Without a syslog passt says so for every line it logs; those lines are noise here.
+  const said = () => (logFd !== undefined ? readLog(logPath) : piped).split("\n").filter((l) => !l.startsWith("Failed to send")).join("\n").trim();
   const exited = new Promise<string>((resolve) => {
     child.once("error", (error) => resolve(`${error.message}${(error as NodeJS.ErrnoException).code === "ENOENT" ? ` (install Debian's package 'passt')` : ""}`));
     child.once("exit", (code, signal) => resolve(`exited ${signal ?? code}`));
   });
-  const cleanup = () => rmSync(dir, { recursive: true, force: true });
+  const cleanup = () => {
+    rmSync(dir, { recursive: true, force: true });
+    if (options.socketPath !== undefined) rmSync(options.socketPath, { force: true });
+  };
   const deadline = performance.now() + (options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS);
   let early: string | undefined;
   void exited.then((why) => (early = why));
@@ -81,7 +107,7 @@ export async function startPasst(options: PasstOptions = {}): Promise<Passt> {
       child.kill("SIGKILL");
       cleanup();
       const why = early ?? `its socket ${socketPath} did not answer in time`;
-      throw new TandemError(ErrorCode.NetUnavailable, `cannot start passt (${command} ${args.join(" ")}): ${why}${stderr.trim() ? `; it said: ${stderr.trim()}` : ""}`);
+      throw new TandemError(ErrorCode.NetUnavailable, `cannot start passt (${command} ${args.join(" ")}): ${why}${said() ? `; it said: ${said()}` : ""}`);
     }
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
   }
@@ -109,6 +135,15 @@ function answers(path: string): Promise<boolean> {
     });
     probe.once("error", () => resolve(false));
   });
+}
+
+/** The end of passt's log file (it may be gone). */
+function readLog(path: string): string {
+  try {
+    return readFileSync(path, "utf8").slice(-4000);
+  } catch {
+    return "";
+  }
 }
 
 async function stopChild(child: ChildProcess, exited: Promise<string>): Promise<void> {

@@ -1,4 +1,3 @@
-import { createHash } from "node:crypto";
 import { copyFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
@@ -10,6 +9,7 @@ import type { Disk } from "../../host/disk/disk.ts";
 import { NET_CHANNEL } from "../../host/emulators/v86/v86-nic.ts";
 import { V86Machine } from "../../host/emulators/v86/v86-machine.ts";
 import { bootLinux, linuxMachineOptions, startWorkload } from "../../host/guests/linux-guest.ts";
+import { TickClient } from "../../host/guests/linux-net-client.ts";
 import { NetBridge } from "../../host/net/net-bridge.ts";
 import { NetLink } from "../../host/net/net-link.ts";
 import { startPasst } from "../../host/net/passt.ts";
@@ -51,46 +51,6 @@ function defaultGateway(): string | undefined {
     }
   }
   return undefined;
-}
-
-/** What a client of the guest's port 80 saw: tick lines, echoes, and lines that are neither. */
-class TickClient {
-  readonly ticks: number[] = [];
-  readonly echoes: string[] = [];
-  readonly bad: string[] = [];
-  readonly sent: string[] = [];
-  closed: string | undefined;
-  readonly #socket: net.Socket;
-  #partial = "";
-
-  constructor(port: number) {
-    this.#socket = net.connect({ port, host: "127.0.0.1" });
-    this.#socket.setEncoding("utf8");
-    this.#socket.on("data", (text: string) => this.#see(text));
-    this.#socket.on("error", (error) => (this.closed = error.message));
-    this.#socket.on("close", () => (this.closed ??= "closed"));
-  }
-
-  send(line: string): void {
-    this.sent.push(line);
-    this.#socket.write(`${line}\n`);
-  }
-
-  end(): void {
-    this.#socket.destroy();
-  }
-
-  #see(text: string): void {
-    const lines = (this.#partial + text).split("\n");
-    this.#partial = lines.pop()!;
-    for (const line of lines) {
-      const tick = /^tick (\d+) (\d+) ([0-9a-f]{32})$/.exec(line);
-      const echo = /^echo (.*)$/.exec(line);
-      if (tick && createHash("md5").update(`tick ${tick[1]} ${tick[2]}\n`).digest("hex") === tick[3]) this.ticks.push(Number(tick[1]));
-      else if (echo) this.echoes.push(echo[1]);
-      else this.bad.push(line);
-    }
-  }
 }
 
 test("the connection stays open across the takeover; ticks and echoes have no gap, no duplicate, no corruption", async () => {
