@@ -72,6 +72,7 @@ const DEMO_OPTIONS = {
   "kill-after": number("S", "kill the primary S seconds after its first checkpoint", { above: 0, max: 86_400, default: 3, unit: "seconds" }),
   "no-kill": flag("stop the primary cleanly instead"),
   "verify-state": flag("compare the standby with the primary's checkpoint, byte for byte (by hash)"),
+  net: flag("--guest linux: on a network (passt), with a TCP connection to the guest kept open across the kill"),
   ...GUEST_OPTIONS,
 };
 type DemoValues = OptionValues<typeof DEMO_OPTIONS>;
@@ -100,6 +101,7 @@ async function runDemo(values: DemoValues, io: Output, lifetime: Lifetime): Prom
     if (values["no-kill"] || values["verify-state"]) throw new TandemError(ErrorCode.BadArgument, "demo --guest linux always kills its primary and judges the guest's files; --no-kill and --verify-state are the built-in guest's");
     return runLinuxDemo(values, io);
   }
+  if (values.net) throw new TandemError(ErrorCode.BadArgument, "demo --net is the Linux guest's (--guest linux --net): the built-in guest has no network driver");
   const ui = new CommandConsole(io, "demo", { quietStatus: values.json });
 
   // The outside world: each seq once.

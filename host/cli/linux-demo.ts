@@ -9,6 +9,13 @@
  *   files each numbered 1, 2, 3... with no gap and no duplicate;
  * - the standby's disk, after e2fsck replayed the journal on a copy: no error, and every file
  *   whose checksum the guest released is there with that checksum (linux-disk-check.ts).
+ *
+ * With --net the guest lives on a network: this process starts passt, forwarding a free loopback
+ * port to the guest's tick service, and both sides use its socket (the primary from its start,
+ * the standby from its takeover). The guest runs its network workload instead of the file one; a
+ * client here keeps one TCP connection open to it, and the primary is killed only once that
+ * connection carries ticks and echoes. The verdict then also judges the connection: still open,
+ * ticks and echoes with no gap, duplicate or corrupt line (linux-net-client.ts).
  */
 
 import { spawn } from "node:child_process";
@@ -16,13 +23,18 @@ import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { NET_CHANNEL } from "../emulators/v86/v86-nic.ts";
 import { checkLinuxDisk, type LinuxDiskVerdict } from "../guests/linux-disk-check.ts";
 import { LinuxLog, type SeriesVerdict } from "../guests/linux-log.ts";
 import { linuxGuestFiles } from "../guests/linux-guest.ts";
+import { TICK_PORT, TickClient, type TickVerdict } from "../guests/linux-net-client.ts";
+import { GuestNetwork } from "../net/guest-network.ts";
+import { startPasst, type Passt } from "../net/passt.ts";
 import { listen, type SocketTransport } from "../protocol/socket-transport.ts";
 import type { ReleasedOutput } from "../replication/primary.ts";
 import { standby, type StandbyResult } from "../replication/secondary.ts";
 import { selfCommand } from "../runtime/self-command.ts";
+import { freePort } from "../witness/local-etcd.ts";
 import { guestFrom, type GuestValues } from "./guests.ts";
 import type { Output } from "./output.ts";
 import { percentile, round } from "./pause-stats.ts";
@@ -44,6 +56,8 @@ export interface LinuxDemoSummary {
   first_standby_file: number | null;
   /** The standby's data disk after the run. */
   disk: LinuxDiskVerdict | null;
+  /** With --net: the client's TCP connection to the guest, across the kill. */
+  tcp?: (TickVerdict & { ticks_before_kill: number }) | null;
   error?: string;
   ok: boolean;
 }
@@ -53,11 +67,31 @@ export interface LinuxDemoValues extends GuestValues {
   interval: number;
   duration: number;
   "kill-after": number;
+  net: boolean;
   json: boolean;
 }
 
 /** Booting with no snapshot yet takes minutes on a loaded machine; after that, seconds. */
 const STARTUP_LIMIT_MS = 15 * 60_000;
+/** With --net: from the first checkpoint to a connection carrying ticks (DHCP, services), at most. */
+const NET_READY_LIMIT_MS = 5 * 60_000;
+/** With --net, after the takeover: how long the connection may take to carry new ticks and the last echo. */
+const NET_AFTER_LIMIT_MS = 60_000;
+/** What the client must have seen before the primary is killed. */
+const TICKS_BEFORE_KILL = 10;
+const ECHOES_BEFORE_KILL = 3;
+/** A line for the guest to echo, every so often. */
+const PING_MS = 250;
+
+/** Resolves once `check` holds, or after `ms` (whichever first); true if it held. */
+async function waitFor(check: () => boolean, ms: number): Promise<boolean> {
+  const deadline = performance.now() + ms;
+  while (!check()) {
+    if (performance.now() > deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return true;
+}
 
 export async function runLinuxDemo(values: LinuxDemoValues, io: Output): Promise<number> {
   const files = linuxGuestFiles(); // says how to build the guest when it is not built
@@ -72,22 +106,35 @@ export async function runLinuxDemo(values: LinuxDemoValues, io: Output): Promise
   const standbyDisk = join(dir, "standby.img");
   copyFileSync(files.dataImage, primaryDisk);
   copyFileSync(files.dataImage, standbyDisk);
+  let passt: Passt | undefined;
+  let network: GuestNetwork | undefined;
+  let client: TickClient | undefined;
+  let pinger: ReturnType<typeof setInterval> | undefined;
   try {
+    // The network outlives either host: this process holds it, the primary and then the standby connect.
+    const tickPort = values.net ? await freePort() : 0;
+    if (values.net) passt = await startPasst({ tcpForwards: [`127.0.0.1/${tickPort}:${TICK_PORT}`] });
     // The outside world: each seq once.
     const world = new Map<number, string>();
     let conflicts = 0;
     const fromPrimary = new LinuxLog();
     const fromStandby = new LinuxLog();
+    let netUp = false;
+    let recent = "";
     const take = (o: ReleasedOutput | { seq: number; text: string }, standbyReleased: boolean) => {
+      if ("channel" in o && o.channel === NET_CHANNEL) return void network?.release(o.data);
       const text = "text" in o ? o.text : new TextDecoder().decode(o.data);
+      recent = (recent + text).slice(-200);
+      netUp ||= recent.includes("tandem-linux: net up");
       if (world.has(o.seq) && world.get(o.seq) !== text) conflicts++;
       world.set(o.seq, text);
       (standbyReleased ? fromStandby : fromPrimary).see(text);
       if (!values.json && !tty) io.out(text.replace(/\r?\n$/, ""));
     };
 
-    const guest = await guestFrom({ ...values, disk: standbyDisk }, { role: "receives" });
+    const guest = await guestFrom({ ...values, disk: standbyDisk }, { role: "receives", network: values.net });
     const machine = guest.machine;
+    if (passt) network = new GuestNetwork(guest.nic!, { kind: "socket", path: passt.socketPath });
     let accept!: (t: SocketTransport) => void;
     const accepted = new Promise<SocketTransport>((resolve) => (accept = resolve));
     const server = await listen({ port: 0 }, (t) => accept(t));
@@ -96,6 +143,7 @@ export async function runLinuxDemo(values: LinuxDemoValues, io: Output): Promise
     const script = fileURLToPath(new URL(import.meta.url.endsWith(".ts") ? "./main.ts" : "./main.js", import.meta.url));
     const [command, ...rest] = selfCommand(script, [
       "primary", "--connect", `127.0.0.1:${port}`, "--json", "--interval", String(values.interval), ...guest.args, "--disk", primaryDisk,
+      ...(passt ? ["--net", `socket:${passt.socketPath}`] : []),
     ]);
     status("starting the primary: restoring Linux from its boot snapshot (the first run boots it, which takes minutes)");
     const child = spawn(command, rest, { stdio: ["ignore", "pipe", "inherit"] });
@@ -137,13 +185,24 @@ export async function runLinuxDemo(values: LinuxDemoValues, io: Output): Promise
 
     let killedAt: number | undefined;
     let killer: ReturnType<typeof setTimeout> | undefined;
+    let ticksAtKill = 0;
     const startupLimit = setTimeout(() => child.kill("SIGKILL"), STARTUP_LIMIT_MS);
+    // With --net, the client connects once the guest's services listen, and the kill waits for
+    // its connection to carry ticks and echoes (or for the limit, and the verdict then says so).
+    const connected = !values.net ? Promise.resolve() : firstCheckpoint.then(async () => {
+      if (!(await waitFor(() => netUp || child.exitCode !== null, NET_READY_LIMIT_MS)) || child.exitCode !== null) return;
+      const c = (client = new TickClient(tickPort));
+      let pings = 0;
+      pinger = setInterval(() => c.send(`ping ${++pings}`), PING_MS);
+      await waitFor(() => (c.ticks.length >= TICKS_BEFORE_KILL && c.echoes.length >= ECHOES_BEFORE_KILL) || c.closed !== undefined, NET_READY_LIMIT_MS);
+    });
     void firstCheckpoint.then(() => {
       clearTimeout(startupLimit);
-      killer = setTimeout(() => {
+      killer = setTimeout(() => void connected.then(() => {
         killedAt = performance.now();
+        ticksAtKill = client?.ticks.length ?? 0;
         child.kill("SIGKILL");
-      }, killAfter);
+      }), killAfter);
     });
     let result: StandbyResult | undefined;
     let standbyError: Error | undefined;
@@ -154,7 +213,18 @@ export async function runLinuxDemo(values: LinuxDemoValues, io: Output): Promise
     }
     const detectedAt = performance.now();
     const tookOver = result?.outcome === "takeover" && result.checkpoint > 0;
+    if (tookOver) network?.up().catch(() => {}); // retried each second until it answers
     if (tookOver) await new Promise((r) => setTimeout(r, Math.max(duration - killAfter, 1000)));
+    if (tookOver && client) {
+      const c = client;
+      await waitFor(() => c.ticks.length >= ticksAtKill + TICKS_BEFORE_KILL || c.closed !== undefined, NET_AFTER_LIMIT_MS);
+      clearInterval(pinger);
+      const last = c.sent.at(-1);
+      await waitFor(() => last === undefined || c.echoes.includes(last) || c.closed !== undefined, NET_AFTER_LIMIT_MS);
+    }
+    clearInterval(pinger);
+    const tcp = values.net ? (client ? { ...client.verdict(), ticks_before_kill: ticksAtKill } : null) : undefined;
+    client?.end();
     clearInterval(ticker);
     clearTimeout(killer);
     clearTimeout(startupLimit);
@@ -180,11 +250,15 @@ export async function runLinuxDemo(values: LinuxDemoValues, io: Output): Promise
       last_primary_file: fromPrimary.fileVerdict().last,
       first_standby_file: fromStandby.fileNumbers[0] ?? null,
       disk,
+      ...(tcp !== undefined ? { tcp } : {}),
       ...(standbyError ? { error: standbyError.message } : {}),
       ok: false,
     };
+    // The network workload writes no files: there the connection is judged instead.
+    const workloadOk = tcp !== undefined ? tcp !== null && tcp.ok && tcp.ticks_before_kill > 0 && tcp.ticks > tcp.ticks_before_kill
+      : fileSeries.count > 0 && fileSeries.gaps === 0 && summary.files.duplicates === 0;
     summary.ok = !standbyError && tookOver && summary.checkpoints > 0 && heartbeats.count > 0 && heartbeats.gaps === 0 && heartbeats.duplicates === 0 &&
-      fileSeries.count > 0 && fileSeries.gaps === 0 && summary.files.duplicates === 0 && disk !== null && disk.ok;
+      workloadOk && disk !== null && disk.ok;
     if (values.json) {
       io.out(JSON.stringify(summary));
     } else {
@@ -193,8 +267,18 @@ export async function runLinuxDemo(values: LinuxDemoValues, io: Output): Promise
     }
     return summary.ok ? 0 : 1;
   } finally {
+    clearInterval(pinger);
+    client?.end();
+    await network?.close();
+    await passt?.stop();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+function tcpLine(tcp: LinuxDemoSummary["tcp"]): string {
+  if (!tcp) return "tcp connection         NEVER CARRIED TICKS (the guest's network did not come up)";
+  return `tcp connection         ${tcp.open ? "open across the kill" : "BROKEN"}: ${tcp.ticks} ticks (${tcp.ticks_before_kill} before the kill), ` +
+    `${tcp.tickGaps} gaps, ${tcp.tickDuplicates} duplicates; ${tcp.echoed} of ${tcp.sent} lines echoed, ${tcp.echoErrors} out of order; ${tcp.badLines} corrupt lines`;
 }
 
 function formatSummary(s: LinuxDemoSummary): string {
@@ -203,12 +287,12 @@ function formatSummary(s: LinuxDemoSummary): string {
   return [
     "",
     `checkpoints            ${s.checkpoints} (pause p50 ${s.pause_ms_p50} ms, p99 ${s.pause_ms_p99} ms)`,
-    `primary killed         after file ${s.last_primary_file} was released`,
-    s.failover_ms === null ? "standby                DID NOT TAKE OVER" : `standby took over      detected in ${s.detection_ms} ms, running ${s.failover_ms} ms later, files continued from ${s.first_standby_file}`,
+    s.tcp ? `primary killed         after ${s.tcp.ticks_before_kill} ticks reached the client` : `primary killed         after file ${s.last_primary_file} was released`,
+    s.failover_ms === null ? "standby                DID NOT TAKE OVER" : `standby took over      detected in ${s.detection_ms} ms, running ${s.failover_ms} ms later${s.tcp === undefined ? `, files continued from ${s.first_standby_file}` : ""}`,
     `heartbeats             ${series(s.heartbeats)}`,
-    `files                  ${series(s.files)}`,
+    s.tcp === undefined ? `files                  ${series(s.files)}` : tcpLine(s.tcp),
     disk === null ? "" : `standby disk           e2fsck after the journal replay: ${disk.fsck_clean ? "clean" : `ERRORS\n${disk.fsck_output}`}`,
-    disk === null ? "" : `released files         ${disk.files_checked} checked: ${disk.files_missing.length} missing, ${disk.files_wrong.length} with other contents`,
+    disk === null || s.tcp !== undefined ? "" : `released files         ${disk.files_checked} checked: ${disk.files_missing.length} missing, ${disk.files_wrong.length} with other contents`,
     s.ok ? "ok" : "FAILED",
   ].filter((line) => line !== "").join("\n");
 }

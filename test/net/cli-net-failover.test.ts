@@ -23,7 +23,7 @@ import { freePort } from "../../host/witness/local-etcd.ts";
 import { linuxGuestOrSkip } from "../support/linux.ts";
 import { passtTest } from "../support/passt.ts";
 import { until, within } from "../support/session.ts";
-import { startTandem, type TandemProcess } from "../support/tandem-process.ts";
+import { runTandem, startTandem, type TandemProcess } from "../support/tandem-process.ts";
 
 const test = suite("tandem primary/secondary --net: a TCP connection to the Linux guest survives a SIGKILL of the primary process");
 const long = globalThis.process?.env?.TANDEM_LONG_TESTS === "1";
@@ -120,6 +120,17 @@ test("the client's connection stays open across the kill; ticks and echoes have 
     }
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("the Linux demo with --net (long mode): its verdict says the TCP connection stayed open across the kill", async () => {
+  if (!long) return void console.log("  (the Linux network demo runs with TANDEM_LONG_TESTS=1)");
+  if (!linuxGuestOrSkip("the Linux network demo") || !passtTest("the Linux network demo")) return;
+  const run = await runTandem(["demo", "--guest", "linux", "--net", "--duration", "12", "--kill-after", "4", "--json"], 900_000);
+  assert.not.ok(run.timedOut, "the demo ended within its bound");
+  const summary = JSON.parse(run.stdout.trim().split("\n").at(-1)!) as { ok: boolean; tcp: { open: boolean; ticks: number; ticks_before_kill: number; ok: boolean } | null };
+  assert.ok(summary.tcp && summary.tcp.open && summary.tcp.ok && summary.tcp.ticks > summary.tcp.ticks_before_kill, JSON.stringify(summary));
+  assert.ok(summary.ok, JSON.stringify(summary));
+  assert.is(run.code, 0);
 });
 
 test.run();
