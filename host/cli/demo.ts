@@ -22,6 +22,7 @@ import { standby, type StandbyResult } from "../replication/secondary.ts";
 import { selfCommand } from "../runtime/self-command.ts";
 import { CounterLog, GUEST_OPTIONS, guestFrom } from "./guests.ts";
 import { runLinuxDemo } from "./linux-demo.ts";
+import { runWitnessDemo } from "./witness-demo.ts";
 import { CommandConsole } from "./console.ts";
 import { forwardLines } from "./lines.ts";
 import { Lifetime } from "./lifetime.ts";
@@ -73,6 +74,7 @@ const DEMO_OPTIONS = {
   "no-kill": flag("stop the primary cleanly instead"),
   "verify-state": flag("compare the standby with the primary's checkpoint, byte for byte (by hash)"),
   net: flag("--guest linux: on a network (passt), with a TCP connection to the guest kept open across the kill"),
+  witness: flag("start a local etcd (Debian's etcd-server) as the witness, partition the primary\nfrom it and from the standby after --kill-after seconds: it fences itself, the\nstandby takes over; then heal: the old primary rejoins as the standby"),
   ...GUEST_OPTIONS,
 };
 type DemoValues = OptionValues<typeof DEMO_OPTIONS>;
@@ -96,6 +98,10 @@ async function runDemo(values: DemoValues, io: Output, lifetime: Lifetime): Prom
   const killAfter = values["kill-after"] * 1000;
   if (killAfter >= duration) {
     throw new TandemError(ErrorCode.BadArgument, `demo: --kill-after ${values["kill-after"]} must be below --duration ${values.duration} (seconds)`);
+  }
+  if (values.witness) {
+    if (values["no-kill"] || values["verify-state"] || values.net) throw new TandemError(ErrorCode.BadArgument, "demo --witness partitions the primary instead of killing it; it takes no --no-kill, --verify-state or --net");
+    return runWitnessDemo(values, io, () => lifetime.stoppedBy !== undefined);
   }
   if (values.guest === "linux") {
     if (values["no-kill"] || values["verify-state"]) throw new TandemError(ErrorCode.BadArgument, "demo --guest linux always kills its primary and judges the guest's files; --no-kill and --verify-state are the built-in guest's");

@@ -9,7 +9,7 @@ import { startLocalEtcd, type LocalEtcd } from "../../host/witness/local-etcd.ts
 import { Witness } from "../../host/witness/witness.ts";
 import { etcdTest, uniqueGuest } from "../support/etcd.ts";
 import { until, within } from "../support/session.ts";
-import { startTcpProxy } from "../support/tcp-proxy.ts";
+import { startTcpProxy } from "../../host/cli/partition-proxy.ts";
 
 const test = suite("pair: re-protection, a chain of failures, and the witness deciding who runs");
 const MACHINE: ReferenceMachineOptions = { memoryBytes: 1 << 18, dirtyPages: 4, diskBytes: 8 * 1024, diskEvery: 3, seed: 3, stepsPerTick: 1, tickMs: 2 };

@@ -4,7 +4,7 @@ import { ErrorCode, TandemError } from "../../host/errors.ts";
 import { startLocalEtcd, type LocalEtcd } from "../../host/witness/local-etcd.ts";
 import { Witness } from "../../host/witness/witness.ts";
 import { etcdTest, uniqueGuest } from "../support/etcd.ts";
-import { startTcpProxy } from "../support/tcp-proxy.ts";
+import { startTcpProxy } from "../../host/cli/partition-proxy.ts";
 
 const test = suite("witness: one owner per guest, in a real etcd");
 const TTL = 2000;

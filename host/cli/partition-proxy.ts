@@ -1,6 +1,7 @@
 /**
- * A TCP proxy on loopback that a test can cut and heal, to partition a process from a server
- * (an etcd member) without touching either. Cut, it blackholes: open connections stop carrying
+ * A TCP proxy on loopback that can be cut and healed, to partition a process from a server (an
+ * etcd member, a primary's replication port) without touching either: `tandem demo --witness`
+ * and the tests use it. Cut, it blackholes: open connections stop carrying
  * bytes either way and new ones are accepted but carry nothing, as with a dropped route (the
  * client only notices by its timeouts). Healed, new connections work again; the blackholed ones
  * stay dead, as a real client's would after its timeouts.
