@@ -16,6 +16,12 @@ export interface DiskOpenOptions {
   sync?: boolean;
   /** qcow2: bytes of L2 tables kept in memory (default: enough for the whole disk, at most 32 MiB). */
   l2CacheBytes?: number;
+  /**
+   * qcow2: check every write against the image's metadata and refuse one that would land on it
+   * (QEMU's overlap-check; default true). false exists only to measure what the check costs (the
+   * disk bench, as QEMU's overlap-check=none): a damaged image could then write over its own tables.
+   */
+  overlapChecks?: boolean;
   /** Do not open backing files: reads of unallocated ranges then fail (for info and check only). */
   noBacking?: boolean;
 }

@@ -8,8 +8,10 @@
  *
  * Contiguous structures (header, L1 table, refcount table, snapshot table, the snapshots' L1
  * tables) are kept as ranges; single-cluster ones (active L2 tables, refcount blocks, the
- * snapshots' L2 tables) as a map from cluster to the kinds it holds, so the common check, one
- * cluster, is a few comparisons and one map lookup.
+ * snapshots' L2 tables) as a map from cluster to the kinds it holds. In front of both sits a
+ * filter, one bit per host cluster, set for every cluster that holds metadata: every write is
+ * checked, nearly all land on data, and for those the check is one bit test. The filter is kept
+ * current as structures are added, and rebuilt when one moves (the refcount table, when it grows).
  */
 
 import { ErrorCode, TandemError } from "../../errors.ts";
@@ -46,6 +48,14 @@ export function metadataName(kinds: MetadataKinds): string {
   return "metadata";
 }
 
+/**
+ * Bits in the filter (128 KiB): one per host cluster in files of up to 2^20 clusters (64 GiB of
+ * 64 KiB clusters, 512 MiB of 512-byte ones). In a larger file clusters share bits (cluster mod
+ * 2^20), so a set bit says "maybe metadata" and the exact lookup decides; a clear bit says "no".
+ */
+const FILTER_BITS = 1 << 20;
+const FILTER_MASK = FILTER_BITS - 1;
+
 /** A contiguous structure: clusters [first, end). */
 interface Range {
   kind: number;
@@ -63,6 +73,10 @@ export class MetadataIndex {
   readonly #clusters = new Map<number, number>();
   /** The map's keys in ascending order, rebuilt lazily for checks of long ranges. */
   #sorted: number[] | null = null;
+  /** Bit (cluster mod FILTER_BITS) is set if some cluster holding metadata maps to it. */
+  readonly #filter = new Uint32Array(FILTER_BITS / 32);
+  /** Bits marked so far (an upper bound); once it would reach FILTER_BITS, every bit is set instead. */
+  #marked = 0;
   #onOverlap: OverlapHandler | null = null;
 
   constructor(clusterSize: number) {
@@ -78,7 +92,11 @@ export class MetadataIndex {
   /** Sets the one range of `kind` (header, active L1, refcount table, snapshot table) to `bytes` bytes at `offset`. */
   setRange(kind: number, offset: number, bytes: number): void {
     const at = this.#ranges.findIndex((range) => range.kind === kind);
-    if (at >= 0) this.#ranges.splice(at, 1);
+    if (at >= 0) {
+      this.#ranges.splice(at, 1);
+      // The old range's bits may be shared with nothing else now: mark everything afresh.
+      this.#rebuildFilter();
+    }
     this.addRange(kind, offset, bytes);
   }
 
@@ -86,18 +104,24 @@ export class MetadataIndex {
   addRange(kind: number, offset: number, bytes: number): void {
     if (bytes <= 0) return;
     const cs = this.#clusterSize;
-    this.#ranges.push({ kind, first: Math.floor(offset / cs), end: Math.ceil((offset + bytes) / cs) });
+    const range = { kind, first: Math.floor(offset / cs), end: Math.ceil((offset + bytes) / cs) };
+    this.#ranges.push(range);
+    this.#mark(range.first, range.end);
   }
 
   /** Records that host cluster `cluster` holds metadata of `kind` (an L2 table, a refcount block). */
   addCluster(cluster: number, kind: number): void {
     const had = this.#clusters.get(cluster);
-    if (had === undefined) this.#sorted = null;
+    if (had === undefined) {
+      this.#sorted = null;
+      this.#mark(cluster, cluster + 1);
+    }
     this.#clusters.set(cluster, (had ?? 0) | kind);
   }
 
   /** The kinds of metadata host cluster `cluster` holds (0: none). */
   kindsAt(cluster: number): MetadataKinds {
+    if (!this.#maybe(cluster)) return 0;
     let kinds = this.#clusters.get(cluster) ?? 0;
     const ranges = this.#ranges;
     for (let i = 0; i < ranges.length; i++) {
@@ -116,6 +140,11 @@ export class MetadataIndex {
     const first = Math.floor(offset / cs);
     const last = Math.floor((offset + Math.max(1, bytes) - 1) / cs);
     if (first === last) return this.kindsAt(first) & ~allowed;
+    if (last - first < FILTER_BITS) {
+      let maybe = false;
+      for (let cluster = first; cluster <= last && !maybe; cluster++) maybe = this.#maybe(cluster);
+      if (!maybe) return 0;
+    }
     let kinds = 0;
     for (const range of this.#ranges) {
       if (range.first <= last && range.end > first) kinds |= range.kind;
@@ -141,5 +170,37 @@ export class MetadataIndex {
     if (kinds === 0) return;
     if (this.#onOverlap !== null) this.#onOverlap(kinds, offset, bytes);
     throw new TandemError(ErrorCode.DiskCorrupt, `preventing invalid write on metadata (overlaps with ${metadataName(kinds)}) at offset ${offset}`);
+  }
+
+  /** False if no metadata lies in host cluster `cluster` (`&` reduces it mod 2^32, and so mod FILTER_BITS). */
+  #maybe(cluster: number): boolean {
+    const bit = cluster & FILTER_MASK;
+    return (this.#filter[bit >>> 5] & (1 << (bit & 31))) !== 0;
+  }
+
+  /**
+   * Sets the filter bits of clusters [first, end). The work is bounded by FILTER_BITS over the
+   * index's life (until a rebuild), however many or long the structures a hostile image names:
+   * past that, every bit is set and each check takes the exact path.
+   */
+  #mark(first: number, end: number): void {
+    if (this.#marked >= FILTER_BITS) return;
+    if (end - first >= FILTER_BITS - this.#marked) {
+      this.#filter.fill(0xffff_ffff);
+      this.#marked = FILTER_BITS;
+      return;
+    }
+    this.#marked += end - first;
+    for (let cluster = first; cluster < end; cluster++) {
+      const bit = cluster & FILTER_MASK;
+      this.#filter[bit >>> 5] |= 1 << (bit & 31);
+    }
+  }
+
+  #rebuildFilter(): void {
+    this.#filter.fill(0);
+    this.#marked = 0;
+    for (const range of this.#ranges) this.#mark(range.first, range.end);
+    for (const cluster of this.#clusters.keys()) this.#mark(cluster, cluster + 1);
   }
 }

@@ -59,6 +59,8 @@ export interface Qcow2DiskParts {
   backingMissing: boolean;
   readOnly: boolean;
   sync: boolean;
+  /** Check every write against the metadata index (false only to measure the check's cost). */
+  overlapChecks: boolean;
   l2CacheBytes?: number;
 }
 
@@ -146,7 +148,7 @@ export class Qcow2Disk extends DiskBase {
     this.#metadata = indexMetadata(parts.file.file, header, parts.l1, this.readOnly ? null : parts.refcountTable);
     if (!this.readOnly) {
       this.#metadata.onOverlap((kinds, offset, bytes) => this.#refuseOverlap(kinds, offset, bytes));
-      parts.file.protect(this.#metadata);
+      if (parts.overlapChecks) parts.file.protect(this.#metadata);
     }
     this.#refcounts =
       this.readOnly || parts.refcountTable === null

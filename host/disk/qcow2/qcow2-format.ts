@@ -60,6 +60,7 @@ function openQcow2(file: BlockFile, context: FormatOpenContext): Disk {
       backingMissing,
       readOnly,
       sync: context.sync === true,
+      overlapChecks: context.overlapChecks !== false,
       ...(context.l2CacheBytes !== undefined ? { l2CacheBytes: context.l2CacheBytes } : {}),
     });
   } catch (error) {

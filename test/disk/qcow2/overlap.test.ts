@@ -100,6 +100,17 @@ test("every kind of metadata is protected from data writes, v2 and v3, and the r
   }
 });
 
+test("overlapChecks: false (the disk bench's unchecked side) lets the same write through: the check is what refuses it", () => {
+  if (!qemuTest("overlap checks off")) return;
+  const path = filledImage("unchecked", "cluster_size=4k");
+  pointAt(path, 5, (l) => offsetOf(l.refcountTable[0].value));
+  const disk = openDisk(path, { overlapChecks: false });
+  disk.write(5 * 4 * KiB + 512, new Uint8Array(512).fill(0x77));
+  disk.close();
+  assert.is(incompatibleFeatures(path) & CORRUPT_BIT, 0n, "no corrupt bit");
+  assert.ok(qemuErrors(path) > 0, "the refcount block was overwritten");
+});
+
 test("an allocation onto metadata whose refcount is wrongly 0 is refused too, and a corrupt image opens read-only", () => {
   if (!qemuTest("overlap allocation")) return;
   const path = filledImage("alloc", "cluster_size=4k");
