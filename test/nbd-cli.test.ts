@@ -7,7 +7,8 @@ import { createImage } from "../host/disk/registry.ts";
 import { runtimeName } from "../host/runtime/runtime.ts";
 import { selfCommand } from "../host/runtime/self-command.ts";
 import { mustRun, nbdTest, runTool } from "./support/nbd.ts";
-import { qemuCheck, qemuIo, tempDir } from "./support/qemu.ts";
+import { qemuCheck, qemuImg, qemuIo, tempDir } from "./support/qemu.ts";
+import { COPIED, CORRUPT_BIT, incompatibleFeatures, layoutOf, offsetOf, patchU64 } from "./disk/qcow2/image-layout.ts";
 
 const test = suite("tandem serve: the NBD daemon as a process (pid file, SIGHUP checkpoint, SIGTERM, kill -9 under writes)");
 
@@ -140,6 +141,44 @@ test("kill -9 of tandem serve under qemu-io writes: qemu-img check of the qcow2 
     const check = qemuCheck(t.path("k.qcow2"));
     assert.ok(check.status === 0 || check.status === 3, `qemu-img check exit ${check.status}: ${JSON.stringify(check.report)}`);
     qemuIo(t.path("k.qcow2"), ["read 0 64M"], { format: "qcow2" });
+  } finally {
+    t.remove();
+  }
+});
+
+test("serve of an image whose L2 entry points at refcount block 0 (issue 22): the write is refused as QEMU refuses it, the image marked corrupt, and served read-only after", async () => {
+  if (!nbdTest("serve refuses a write onto metadata")) return;
+  const t = tempDir("nbd-cli-overlap");
+  try {
+    const path = t.path("o.qcow2");
+    qemuImg("create", "-q", "-f", "qcow2", path, "8M");
+    qemuIo(path, ["write -P 0x11 0 1M"], { format: "qcow2" });
+    const layout = layoutOf(path);
+    const l2 = offsetOf(layout.l1[0].value);
+    patchU64(path, l2 + 3 * 8, COPIED | BigInt(offsetOf(layout.refcountTable[0].value)));
+    const errorsBefore = (qemuCheck(path).report.corruptions as number | undefined) ?? 0;
+    const daemon = await startServe([path, "--socket", t.path("o.sock")]);
+    try {
+      const write = await runTool("qemu-io", ["-f", "raw", "-c", "write -P 0x77 192k 64k", daemon.uri]);
+      assert.match(write.stdout + write.stderr, /write failed: Input\/output error/, write.stdout + write.stderr);
+      signal(daemon, "SIGTERM");
+      await exit(daemon);
+    } finally {
+      if (daemon.child.exitCode === null) daemon.child.kill("SIGKILL");
+    }
+    assert.is(incompatibleFeatures(path) & CORRUPT_BIT, CORRUPT_BIT, "corrupt bit set");
+    assert.ok(((qemuCheck(path).report.corruptions as number | undefined) ?? 0) <= errorsBefore, "no new damage");
+
+    const again = await startServe([path, "--socket", t.path("o.sock")]);
+    try {
+      assert.match(again.output(), /is marked corrupt: serving it read-only until it is repaired/, again.output());
+      assert.match(again.output(), /listening on .*read-only/, again.output());
+      await mustRun("qemu-io", ["-f", "raw", "-r", "-c", "read -P 0x11 0 64k", again.uri]);
+      signal(again, "SIGTERM");
+      await exit(again);
+    } finally {
+      if (again.child.exitCode === null) again.child.kill("SIGKILL");
+    }
   } finally {
     t.remove();
   }
