@@ -3,7 +3,7 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { runCli } from "../../../host/cli/commands.ts";
 import { qemuCheck, qemuImg, qemuIo, qemuTest, runQemu, tempDir } from "../../support/qemu.ts";
-import { COPIED, layoutOf, offsetOf, patchU64, truncateTo } from "./image-layout.ts";
+import { COPIED, layoutOf, patchU64, truncateTo } from "./image-layout.ts";
 
 /**
  * The damaged-image findings of issue 22, each made as it was reported and judged by qemu-img:
