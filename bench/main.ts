@@ -15,6 +15,7 @@ import { runNetSuite } from "./net.ts";
 import { runProtocolSuite } from "./protocol.ts";
 import { runReplicationSuite } from "./replication.ts";
 import { runV86Suite } from "./v86.ts";
+import { runWitnessSuite } from "./witness.ts";
 
 type Metrics = Record<string, number>;
 const SUITES: Record<string, (progress: Progress) => Metrics | Promise<Metrics>> = {
@@ -28,6 +29,7 @@ const SUITES: Record<string, (progress: Progress) => Metrics | Promise<Metrics>>
   protocol: runProtocolSuite,
   replication: runReplicationSuite,
   v86: runV86Suite,
+  witness: runWitnessSuite,
 };
 
 const args = process.argv.slice(2);
