@@ -296,6 +296,18 @@ function printTo(ui: CommandConsole, json: boolean) {
   };
 }
 
+/**
+ * For a guest that could not be built: removes the lifetime's signal handlers (taken first, so
+ * that a signal while the guest builds stops it cleanly) and rethrows. Without it every bad guest
+ * left two handlers on the process (MaxListenersExceededWarning in the in-process CLI tests).
+ */
+function disposing(lifetime: Lifetime): (error: unknown) => never {
+  return (error) => {
+    lifetime.dispose();
+    throw error;
+  };
+}
+
 /** Logs a stop by signal; exit status 0. */
 function stopped(ui: CommandConsole, lifetime: Lifetime): number {
   ui.end();
@@ -316,7 +328,7 @@ export const migrateCommand = defineCommand({
 }, async ({ values }, io) => {
   const lifetime = new Lifetime();
   const ui = new CommandConsole(io, "migrate", { quietStatus: values.json });
-  const guest = await guestFrom(values);
+  const guest = await guestFrom(values).catch(disposing(lifetime));
   const machine = guest.machine;
   try {
     if (!(await runWhileAlive(machine, values.run, lifetime))) return stopped(ui, lifetime);
@@ -361,7 +373,7 @@ export const saveCommand = defineCommand({
   }
   const lifetime = new Lifetime();
   const ui = new CommandConsole(io, "save", { quietStatus: values.json });
-  const guest = await guestFrom(values);
+  const guest = await guestFrom(values).catch(disposing(lifetime));
   const machine = guest.machine;
   const log = new CounterLog();
   machine.onOutput((o) => log.see(new TextDecoder().decode(o.data)));
@@ -388,7 +400,7 @@ export const restoreCommand = defineCommand({
 }, async ({ values, operands: [file] }, io) => {
   const lifetime = new Lifetime();
   const ui = new CommandConsole(io, "restore", { quietStatus: values.json });
-  const guest = await guestFrom(values, { role: "receives" });
+  const guest = await guestFrom(values, { role: "receives" }).catch(disposing(lifetime));
   const machine = guest.machine;
   const log = new CounterLog();
   machine.onOutput((o) => {
