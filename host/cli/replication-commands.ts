@@ -10,9 +10,11 @@ import { ErrorCode, TandemError } from "../errors.ts";
 import { disksDigest, stateDigest } from "../machine/state-digest.ts";
 import type { Machine } from "../machine/machine.ts";
 import { connect, type SocketAddress, type SocketTransport } from "../protocol/socket-transport.ts";
+import type { MetricsServer } from "../metrics/metrics-server.ts";
+import { PairMetrics } from "../metrics/pair-metrics.ts";
 import { migrate } from "../replication/migrate.ts";
 import { runPair, type PairNotice, type PeerSource } from "../replication/pair.ts";
-import type { ReleasedOutput } from "../replication/primary.ts";
+import { DEFAULT_INTERVAL_MS, type ReleasedOutput } from "../replication/primary.ts";
 import { restore, save } from "../replication/save-restore.ts";
 import { Witness, type Ownership } from "../witness/witness.ts";
 import { addressOption, formatAddress } from "./address.ts";
@@ -23,6 +25,7 @@ import { NET_OPTION } from "./net-option.ts";
 import { pairNetwork, type PairNetwork } from "./pair-network.ts";
 import { defineCommand, flag, number, required, text } from "./options.ts";
 import type { Output } from "./output.ts";
+import { METRICS_OPTION, startMetrics } from "./metrics-option.ts";
 import { acceptedPeers, dialledPeer, ownerPeer } from "./peer-sources.ts";
 import { primaryDisks, standbyDisks } from "./replicated-disks.ts";
 
@@ -99,6 +102,19 @@ function noticer(io: Output, json: boolean): (n: PairNotice) => void {
   };
 }
 
+/** Calls both listeners. */
+function both<T>(first: (value: T) => void, second: (value: T) => void): (value: T) => void {
+  return (value) => {
+    first(value);
+    second(value);
+  };
+}
+
+/** Says where the metrics are: a JSON line with --json (for a supervisor, and tests, to find a port chosen by 0), else a log line. */
+function announceMetrics(io: Output, command: string, json: boolean): (url: string) => void {
+  return (url) => json ? io.out(JSON.stringify({ type: "metrics", url })) : new CommandConsole(io, command).log("metrics", `${url}/metrics`);
+}
+
 /** `report`, and the network told of each notice too (a fenced host hangs up). */
 function withNetwork(report: (n: PairNotice) => void, network: PairNetwork | undefined): (n: PairNotice) => void {
   return (n) => {
@@ -120,6 +136,7 @@ export const primaryCommand = defineCommand({
     "disk-digests": flag("with --json, print a digest of the disks at each checkpoint"),
     heartbeat: number("MS", "once fenced and standing by: take over after MS milliseconds of silence", { above: 0, max: 600_000, default: 500, unit: "milliseconds" }),
     net: NET_OPTION,
+    metrics: METRICS_OPTION,
     ...WITNESS_OPTIONS,
     ...GUEST_OPTIONS,
   },
@@ -131,7 +148,10 @@ export const primaryCommand = defineCommand({
   let accepted: Awaited<ReturnType<typeof acceptedPeers>> | undefined;
   let ownership: Ownership | undefined;
   let network: PairNetwork | undefined;
+  const metrics = new PairMetrics("primary", values.interval);
+  let metricsServer: MetricsServer | undefined;
   try {
+    metricsServer = await startMetrics(values.metrics, metrics, announceMetrics(io, "primary", values.json));
     network = values.net ? pairNetwork(guest, values.net, io, values.json) : undefined;
     await network?.connect(); // the guest starts on a network that answers, or not at all
     // The first standby must be there at the start when dialled, as before; later ones are awaited.
@@ -162,11 +182,13 @@ export const primaryCommand = defineCommand({
       witness,
       release: network ? network.release(printer(io, values.json)) : printer(io, values.json),
       heartbeatTimeoutMs: values.heartbeat,
-      onNotice: withNetwork(noticer(io, values.json), network),
+      onNotice: both(metrics.notice, withNetwork(noticer(io, values.json), network)),
       onTakeover: (result) => {
+        metrics.takeover(result);
         network?.running();
         if (values.json) io.out(JSON.stringify({ type: result.outcome, ...result }));
       },
+      standby: { onApplied: metrics.applied },
       replicate: {
         intervalMs: values.interval,
         compression: values.compress,
@@ -178,6 +200,7 @@ export const primaryCommand = defineCommand({
           : values["disk-digests"] ? () => void (suspendedDisks = machine.disks.map((disk) => disk.read(0, disk.size))) : undefined,
         onResumed: values["disk-digests"] ? (checkpoint) => io.out(JSON.stringify({ type: "disks", checkpoint, digest: disksDigest(suspendedDisks) })) : undefined,
         onCommitted: (s) => {
+          metrics.checkpoint(s);
           if (values.json) io.out(JSON.stringify({ type: "checkpoint", ...s }));
           const now = performance.now();
           window.push({ at: now, bytes: s.bytes });
@@ -192,6 +215,7 @@ export const primaryCommand = defineCommand({
     return 0;
   } finally {
     interrupted.forget();
+    await metricsServer?.close();
     ownership?.close();
     await accepted?.close();
     await network?.close();
@@ -208,6 +232,7 @@ export const secondaryCommand = defineCommand({
     join: addressOption("the primary to join (its --listen address), dialled until it answers"),
     heartbeat: number("MS", "take over after MS milliseconds without a word from the primary", { above: 0, max: 600_000, default: 500, unit: "milliseconds" }),
     net: NET_OPTION,
+    metrics: METRICS_OPTION,
     ...WITNESS_OPTIONS,
     ...GUEST_OPTIONS,
   },
@@ -225,7 +250,11 @@ export const secondaryCommand = defineCommand({
   const interrupted = untilInterrupted();
   let accepted: Awaited<ReturnType<typeof acceptedPeers>> | undefined;
   let network: PairNetwork | undefined;
+  // After a takeover it checkpoints at replicate's default interval.
+  const metrics = new PairMetrics("secondary", DEFAULT_INTERVAL_MS);
+  let metricsServer: MetricsServer | undefined;
   try {
+    metricsServer = await startMetrics(values.metrics, metrics, announceMetrics(io, "secondary", values.json));
     network = values.net ? pairNetwork(guest, values.net, io, values.json) : undefined;
     accepted = values.listen ? await acceptedPeers(values.listen) : undefined;
     if (accepted && values.json) io.out(JSON.stringify({ type: "listening", address: accepted.server.address }));
@@ -242,11 +271,14 @@ export const secondaryCommand = defineCommand({
       witness,
       release: network ? network.release(printer(io, values.json)) : printer(io, values.json),
       heartbeatTimeoutMs: values.heartbeat,
-      onNotice: withNetwork(noticer(io, values.json), network),
+      onNotice: both(metrics.notice, withNetwork(noticer(io, values.json), network)),
+      replicate: { onCommitted: metrics.checkpoint },
+      standby: { onApplied: metrics.applied },
       failOnMismatch: true, // an operator who started the wrong guest hears it, and the exit status says it
       standbyDisks: images.forMachine(machine),
       onStandby: (op) => op.onProgress((p) => status(`standing by: checkpoint ${p.checkpoints}, ${(p.bytes / 1e6).toFixed(1)} MB received`)),
       onTakeover: (result) => {
+        metrics.takeover(result);
         network?.running(); // the standby's turn on the network its primary was on
         stoppedByPrimary = false;
         status("");
@@ -258,6 +290,7 @@ export const secondaryCommand = defineCommand({
     return 0;
   } finally {
     interrupted.forget();
+    await metricsServer?.close();
     await accepted?.close();
     await network?.close();
     await guest.close();

@@ -201,7 +201,7 @@ export interface StandbySideOptions {
   onNotice?: (notice: PairNotice) => void;
   /** Called with each standby operation (for progress). */
   onStandby?: (op: ReturnType<typeof standby>) => void;
-  standby?: Pick<StandbyOptions, "receiver">;
+  standby?: Pick<StandbyOptions, "receiver" | "onApplied">;
   /** The machine's disks as image files of this standby's own (see {@link StandbyOptions.disks}). */
   disks?: StandbyOptions["disks"];
   /** A primary built from another guest description ends this side (E_GUEST_MISMATCH) instead of being waited past. */
@@ -300,6 +300,8 @@ export interface PairOptions {
   replicate?: PrimarySideOptions["replicate"];
   onNotice?: (notice: PairNotice) => void;
   onStandby?: StandbySideOptions["onStandby"];
+  /** Options of each standby operation (its receiver, `onApplied`). */
+  standby?: StandbySideOptions["standby"];
   /** See {@link StandbySideOptions.failOnMismatch}. */
   failOnMismatch?: boolean;
   /** Starting as a standby: its disks as image files with records and journals ({@link StandbySideOptions.disks}). */
@@ -336,7 +338,7 @@ export async function runPair(machine: Machine, options: PairOptions): Promise<v
     }
     const stood = await runStandbySide(machine, {
       primaries, witness: options.witness, release: options.release, heartbeatTimeoutMs: options.heartbeatTimeoutMs, minGeneration: generation,
-      state, onNotice: options.onNotice, onStandby: options.onStandby, failOnMismatch: options.failOnMismatch, signal: options.signal,
+      state, onNotice: options.onNotice, onStandby: options.onStandby, standby: options.standby, failOnMismatch: options.failOnMismatch, signal: options.signal,
       disks: options.role === "standby" ? options.standbyDisks : undefined,
     });
     if (stood.outcome === "stopped") return;

@@ -50,6 +50,9 @@ export interface CheckpointStats {
   diskCopy: DiskCopyStatus[];
 }
 
+/** Milliseconds between checkpoints unless told otherwise (Remus's epochs). */
+export const DEFAULT_INTERVAL_MS = 25;
+
 /** Options of {@link replicate}. */
 export interface ReplicateOptions {
   /** Milliseconds from one checkpoint's start to the next. Default 25 (Remus's epochs). */
@@ -105,7 +108,7 @@ export interface ReplicateOptions {
  * stand down (it is the standby's turn). Progress reports count checkpoints, bytes and pages.
  */
 export function replicate(machine: Machine, transport: Transport, options: ReplicateOptions = {}): OpHandle<never> {
-  const intervalMs = options.intervalMs ?? 25;
+  const intervalMs = options.intervalMs ?? DEFAULT_INTERVAL_MS;
   const generation = options.generation ?? 1;
   if (!(intervalMs >= 0) || !Number.isSafeInteger(generation) || generation < 0) {
     throw new TandemError(ErrorCode.BadArgument, `intervalMs ${intervalMs} and generation ${generation}: expected non-negative numbers`);
