@@ -16,6 +16,7 @@ import type { Output } from "./output.ts";
 import { migrateCommand, primaryCommand, restoreCommand, saveCommand, secondaryCommand } from "./replication-commands.ts";
 import { formatSelftest, selftest } from "./selftest.ts";
 import { serveCommand } from "./serve-command.ts";
+import { statusCommand } from "./status-command.ts";
 import { xenstoredCommand } from "./xenstored-command.ts";
 
 /** `tandem selftest`. */
@@ -32,7 +33,7 @@ const selftestCommand = defineCommand({
 /** Every subcommand but `img` (which has subcommands of its own), in the order help lists them. */
 export const COMMANDS: readonly Command[] = [
   demoCommand, primaryCommand, secondaryCommand, migrateCommand, saveCommand, restoreCommand,
-  serveCommand, xenstoredCommand, selftestCommand,
+  serveCommand, xenstoredCommand, statusCommand, selftestCommand,
 ];
 
 /** The help text. */

@@ -9,8 +9,11 @@ import { formatNames, openDisk } from "../disk/registry.ts";
 import { ErrorCode, TandemError } from "../errors.ts";
 import { NBD_DEFAULT_PORT } from "../nbd/protocol.ts";
 import { NbdServer, type NbdAddress, type NbdLogLevel } from "../nbd/server.ts";
+import { NbdMetrics } from "../metrics/nbd-metrics.ts";
+import type { MetricsServer } from "../metrics/metrics-server.ts";
 import { CommandConsole } from "./console.ts";
 import { Lifetime } from "./lifetime.ts";
+import { METRICS_OPTION, startMetrics } from "./metrics-option.ts";
 import { choice, defineCommand, flag, number, text } from "./options.ts";
 
 /** `tandem serve`: serves until SIGTERM or SIGINT; 0 after a clean stop. */
@@ -31,6 +34,7 @@ SIGHUP takes a checkpoint (flush).`,
     bind: text("ADDR", "TCP address to listen on", { shown: "127.0.0.1" }),
     export: text("NAME", "the export's name (default: the empty name)"),
     pidfile: text("PATH", "write the process id here while serving"),
+    metrics: METRICS_OPTION,
     verbose: flag("log each connection"),
     debug: flag("log each request"),
   },
@@ -42,18 +46,31 @@ SIGHUP takes a checkpoint (flush).`,
   const shown = new Set<NbdLogLevel>(["info", ...(values.verbose || values.debug ? (["verbose"] as const) : []), ...(values.debug ? (["debug"] as const) : [])]);
   const lifetime = new Lifetime();
   const ui = new CommandConsole(io, "serve");
+  const metrics = new NbdMetrics();
+  let metricsServer: MetricsServer | undefined;
   try {
     const disk = openDisk(file, { format: values.format, readOnly: values["read-only"] === true, sync: values.sync === true });
     let server: NbdServer;
     try {
       server = await NbdServer.listen(
-        { disk, exportName: values.export ?? "", description: `tandem ${disk.format} image ${file}`, log: (level, message) => shown.has(level) && ui.log(message) },
+        {
+          disk, exportName: values.export ?? "", description: `tandem ${disk.format} image ${file}`, log: (level, message) => shown.has(level) && ui.log(message),
+          onConnection: metrics.connection, onRequest: metrics.request,
+        },
         address,
       );
     } catch (error) {
       disk.close();
       if (error instanceof TandemError) throw error;
       throw new TandemError(ErrorCode.BadArgument, `serve: cannot listen (${error instanceof Error ? error.message : String(error)}); choose another --port or --socket`);
+    }
+    metrics.serving(server);
+    try {
+      metricsServer = await startMetrics(values.metrics, metrics, (url) => ui.log("metrics", `${url}/metrics`));
+    } catch (error) {
+      await server.close();
+      disk.close();
+      throw error;
     }
     if (values.pidfile !== undefined) writeFileSync(values.pidfile, `${process.pid}\n`);
     if (disk.info().formatSpecific?.corrupt === true && values["read-only"] !== true) {
@@ -74,6 +91,7 @@ SIGHUP takes a checkpoint (flush).`,
     const signal = await lifetime.stopped();
     process.off("SIGHUP", onHangup);
     ui.log("stopping", signal);
+    await metricsServer?.close();
     await server.close();
     disk.close();
     if (values.pidfile !== undefined) rmSync(values.pidfile, { force: true });

@@ -30,6 +30,10 @@ export interface NbdServerOptions {
   /** Shown to clients that ask (NBD_INFO_DESCRIPTION). */
   description?: string;
   log?: NbdLog;
+  /** Told of each connection accepted (for metrics). */
+  onConnection?: () => void;
+  /** Told of each request answered: its command, how long it took, whether it failed (for metrics). */
+  onRequest?: (command: number, ms: number, failed: boolean) => void;
 }
 
 /** Replies waiting unsent beyond this pause reading from the client, bounding what a client keeps in flight. */
@@ -44,6 +48,8 @@ export class NbdServer {
   readonly #disk: Disk;
   readonly #export: ExportDescription;
   readonly #log: NbdLog;
+  readonly #onConnection: NbdServerOptions["onConnection"];
+  readonly #onRequest: NbdServerOptions["onRequest"];
   readonly #connections = new Set<NbdConnection>();
   #nextId = 1;
   #closing: Promise<void> | null = null;
@@ -54,6 +60,8 @@ export class NbdServer {
     this.#listener = listener;
     this.#disk = options.disk;
     this.#log = options.log ?? (() => {});
+    this.#onConnection = options.onConnection;
+    this.#onRequest = options.onRequest;
     this.#export = {
       name: options.exportName ?? "",
       description: options.description ?? "",
@@ -126,7 +134,8 @@ export class NbdServer {
       return;
     }
     const id = this.#nextId++;
-    const connection = new NbdConnection(socket, this.#disk, this.#export, (level, message) => this.#log(level, `client ${id}: ${message}`));
+    this.#onConnection?.();
+    const connection = new NbdConnection(socket, this.#disk, this.#export, (level, message) => this.#log(level, `client ${id}: ${message}`), this.#onRequest);
     this.#connections.add(connection);
     this.#log("verbose", `client ${id}: connected (${socket.remoteAddress ?? "unix socket"})`);
     connection.closed.then(() => {
@@ -142,6 +151,7 @@ class NbdConnection {
   readonly #disk: Disk;
   readonly #input = new InputQueue();
   readonly #log: NbdLog;
+  readonly #onRequest: NbdServerOptions["onRequest"];
   #phase: Handshake | Transmission;
   #outbox: Uint8Array[] = [];
   #ending = false;
@@ -149,10 +159,11 @@ class NbdConnection {
   /** Settles when the socket has closed. */
   readonly closed: Promise<void>;
 
-  constructor(socket: net.Socket, disk: Disk, exportDescription: ExportDescription, log: NbdLog) {
+  constructor(socket: net.Socket, disk: Disk, exportDescription: ExportDescription, log: NbdLog, onRequest: NbdServerOptions["onRequest"]) {
     this.#socket = socket;
     this.#disk = disk;
     this.#log = log;
+    this.#onRequest = onRequest;
     socket.setNoDelay?.(true);
     this.closed = new Promise((resolve) => socket.once("close", () => resolve()));
     socket.on("error", (error) => log("verbose", `socket error: ${error.message}`));
@@ -206,6 +217,7 @@ class NbdConnection {
           this.#log("debug", `handshake done (structured replies ${want.negotiated.structuredReplies ? "on" : "off"}, base:allocation ${want.negotiated.baseAllocationId !== 0 ? "on" : "off"})`);
           this.#phase = new Transmission(this.#disk, want.negotiated, (bytes) => this.#outbox.push(bytes), {
             error: (command, error, message) => this.#log("debug", `command ${command} failed with error ${error}: ${message}`),
+            done: this.#onRequest,
           });
         } else {
           this.#log("debug", `closing: ${want.reason}`);

@@ -72,6 +72,8 @@ type State =
 export interface RequestEvents {
   /** A request failed with an NBD error number. */
   error?(command: number, error: number, message: string): void;
+  /** A request was answered (or, for NBD_CMD_DISC, taken), `ms` after it was whole, `failed` if with an error. */
+  done?(command: number, ms: number, failed: boolean): void;
 }
 
 /** The server's side of transmission for one connection. */
@@ -82,6 +84,8 @@ export class Transmission {
   readonly #send: (bytes: Uint8Array) => void;
   readonly #events: RequestEvents;
   #zeroPiece: Uint8Array | null = null;
+  /** Whether the request being handled was answered with an error. */
+  #failed = false;
 
   constructor(disk: Disk, negotiated: Negotiated, send: (bytes: Uint8Array) => void, events: RequestEvents = {}) {
     this.#disk = disk;
@@ -110,7 +114,7 @@ export class Transmission {
     const s = this.#state;
     if (s.kind === "payload") {
       this.#state = { kind: "request" };
-      this.#write(s.request, bytes);
+      this.#timed(s.request, () => this.#write(s.request, bytes));
       return;
     }
     if (s.kind !== "request") return;
@@ -128,7 +132,17 @@ export class Transmission {
       offset: Number(view.getBigUint64(REQUEST_OFFSET)),
       length: view.getUint32(REQUEST_LENGTH),
     };
-    this.#dispatch(request);
+    this.#timed(request, () => this.#dispatch(request));
+  }
+
+  /** Runs `handle` and reports the request done, unless it now waits for its payload. Disks are synchronous, so it is answered on return. */
+  #timed(r: Request, handle: () => void): void {
+    const started = performance.now();
+    this.#failed = false;
+    handle();
+    const s = this.#state;
+    if (s.kind === "payload" && s.request === r) return;
+    this.#events.done?.(r.type, performance.now() - started, this.#failed);
   }
 
   /** Reports that `count` bytes of a refused write's payload were discarded. */
@@ -285,6 +299,7 @@ export class Transmission {
   }
 
   #error(r: Request, error: number, message: string): void {
+    this.#failed = true;
     this.#events.error?.(r.type, error, message);
     if (!this.#negotiated.structuredReplies) {
       const reply = Buffer.allocUnsafe(SIMPLE_REPLY_BYTES);

@@ -5,9 +5,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { scrape, type Scrape } from "../support/prometheus.ts";
 import { within } from "../support/session.ts";
-import { startTandem, type TandemProcess } from "../support/tandem-process.ts";
+import { runTandem, startTandem, type TandemProcess } from "../support/tandem-process.ts";
 
-const test = suite("--metrics on a pair: primary and secondary scraped during replication and after a takeover, parsed by a real exposition-format parser");
+const test = suite("--metrics on a pair: primary and secondary scraped during replication and after a takeover, parsed by a real exposition-format parser (prom2javascript)");
 
 const dir = mkdtempSync(join(tmpdir(), "tandem-metrics-"));
 const GUEST = ["--guest", "reference", "--memory", "4"];
@@ -26,12 +26,13 @@ async function metricsUrl(p: TandemProcess): Promise<string> {
 
 /** A histogram is well formed: cumulative buckets, +Inf equal to the count. */
 function histogram(s: Scrape, name: string): { count: number; sum: number } {
-  const sample = s.family(name, "HISTOGRAM").metrics[0];
-  const bounds = Object.entries(sample.buckets!).map(([le, n]) => [le === "+Inf" ? Infinity : Number(le), Number(n)] as const).sort((a, b) => a[0] - b[0]);
+  s.family(name, "histogram");
+  const sample = s.sample(name);
+  const bounds = Object.entries(sample.buckets!).map(([le, n]) => [le === "+Inf" ? Infinity : Number(le), n] as const).sort((a, b) => a[0] - b[0]);
   for (let i = 1; i < bounds.length; i++) assert.ok(bounds[i][1] >= bounds[i - 1][1], `${name}: buckets are cumulative`);
   assert.is(bounds.at(-1)![0], Infinity);
-  assert.is(bounds.at(-1)![1], Number(sample.count), `${name}: +Inf counts every observation`);
-  return { count: Number(sample.count), sum: Number(sample.sum) };
+  assert.is(bounds.at(-1)![1], sample.count, `${name}: +Inf counts every observation`);
+  return { count: sample.count!, sum: sample.sum! };
 }
 
 test("the primary's and the standby's metrics say what the pair did, before and after a takeover", async () => {
@@ -72,7 +73,7 @@ test("the primary's and the standby's metrics say what the pair did, before and 
   assert.is(histogram(p, "tandem_checkpoint_commit_seconds").count, checkpoints);
   assert.ok(p.value("tandem_held_output_bytes") >= 0);
   assert.is(p.value("tandem_takeovers_total"), 0);
-  assert.is(p.family("tandem_checkpoints_total").type, "COUNTER");
+  assert.is(p.family("tandem_checkpoints_total").type, "counter");
 
   const s = await scrape(secondaryUrl);
   assert.is(s.value("tandem_info", { command: "secondary" }), 1);
@@ -82,6 +83,19 @@ test("the primary's and the standby's metrics say what the pair did, before and 
   assert.is(histogram(s, "tandem_standby_apply_seconds").count, applied, "one apply time per checkpoint applied");
   assert.is(s.value("tandem_takeovers_total"), 0);
   assert.is(s.value("tandem_checkpoints_total"), 0, "a standby commits nothing");
+
+  // tandem status says the same, on both.
+  const primaryStatus = await runTandem(["status", primaryUrl.replace(/\/metrics$/, "")], 30_000);
+  assert.is(primaryStatus.code, 0, primaryStatus.stderr);
+  assert.match(primaryStatus.stdout, /^primary, pid \d+/);
+  assert.match(primaryStatus.stdout, /pair +PROTECTED: .* \(generation 1\)/);
+  assert.match(primaryStatus.stdout, /checkpoints \d+ committed/);
+  const standbyStatus = await runTandem(["status", secondaryUrl.replace(/\/metrics$/, ""), "--json"], 30_000);
+  const report = JSON.parse(standbyStatus.stdout) as { kind: string; pair: { state: string; applied: number; protected: boolean } };
+  assert.is(report.kind, "secondary");
+  assert.is(report.pair.state, "standing-by");
+  assert.not.ok(report.pair.protected);
+  assert.ok(report.pair.applied >= applied);
 
   // The primary dies; the standby takes over.
   primary.signal("SIGKILL");
@@ -96,6 +110,10 @@ test("the primary's and the standby's metrics say what the pair did, before and 
   assert.ok(Math.abs(after.value("tandem_failover_seconds") - (takeover.failoverMs as number) / 1000) < 1e-9, "the failover time it printed");
   assert.ok(after.value("tandem_pair_generation") >= 2, "a takeover raises the generation");
   assert.ok(after.value("tandem_standby_checkpoints_applied_total") >= applied);
+  const tookOver = await runTandem(["status", secondaryUrl.replace(/\/metrics$/, "")], 30_000);
+  assert.match(tookOver.stdout, /^secondary, pid \d+/);
+  assert.match(tookOver.stdout, /pair +(ALONE|SYNCING): /);
+  assert.match(tookOver.stdout, /takeovers +1/);
 
   secondary.signal("SIGTERM");
   const { code } = await within(secondary.exited, 20_000, "the secondary stops on SIGTERM");

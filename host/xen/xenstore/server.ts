@@ -16,7 +16,7 @@ import { ErrorCode, TandemError } from "../../errors.ts";
 import { claimSocketPath } from "../../runtime/socket-file.ts";
 import { errorReply, handleRequest, watchEventMessage } from "./requests.ts";
 import { XenStore } from "./store.ts";
-import { XsDecoder, encodeMessage } from "./wire.ts";
+import { XsDecoder, encodeMessage, type XsMessage } from "./wire.ts";
 
 /** How a server is set up. */
 export interface XenStoreServerOptions {
@@ -29,6 +29,10 @@ export interface XenStoreServerOptions {
    * for it to catch up; a watch event past twice this closes the connection (it is not reading).
    */
   maxPendingOutputBytes?: number;
+  /** Told of each connection accepted (for metrics). */
+  onConnection?: () => void;
+  /** Told of each request answered, with its reply (for metrics). */
+  onRequest?: (request: XsMessage, reply: XsMessage) => void;
 }
 
 /** A listening xenstored. */
@@ -55,7 +59,8 @@ export async function serveXenStore(path: string, options: XenStoreServerOptions
   const server = net.createServer((socket) => {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
-    serveConnection(socket, store, domid, maxPending);
+    options.onConnection?.();
+    serveConnection(socket, store, domid, maxPending, options.onRequest);
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", (error) => reject(new TandemError(ErrorCode.BadArgument, `cannot listen on ${path}: ${error.message}`)));
@@ -81,7 +86,7 @@ export async function serveXenStore(path: string, options: XenStoreServerOptions
   };
 }
 
-function serveConnection(socket: net.Socket, store: XenStore, domid: number, maxPending: number): void {
+function serveConnection(socket: net.Socket, store: XenStore, domid: number, maxPending: number, onRequest: XenStoreServerOptions["onRequest"]): void {
   const connection = store.connect(domid);
   const decoder = new XsDecoder();
   let waitingForDrain = false;
@@ -119,7 +124,9 @@ function serveConnection(socket: net.Socket, store: XenStore, domid: number, max
         connection.close();
         return;
       }
-      send(encodeMessage(handleRequest(connection, decoded.message, onWatchEvent)));
+      const reply = handleRequest(connection, decoded.message, onWatchEvent);
+      onRequest?.(decoded.message, reply);
+      send(encodeMessage(reply));
     }
   };
 

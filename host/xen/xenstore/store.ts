@@ -68,6 +68,11 @@ export class StoreCore {
     return ++this.#gen;
   }
 
+  /** Transactions open now, over every connection. */
+  get openTransactions(): number {
+    return this.#transactionIds.size;
+  }
+
   allocateTransactionId(): number {
     // Open ids are few (connections x the per-connection limit), so this ends within as many steps.
     do {
@@ -136,6 +141,11 @@ export class XenStoreConnection {
   /** The domain this connection acts as. */
   get domid(): number {
     return this.caller.domid;
+  }
+
+  /** Watches this connection holds. */
+  get watchCount(): number {
+    return this.#watches.size;
   }
 
   /** READ: the node's value. `tx` 0 is outside any transaction. */
@@ -370,6 +380,18 @@ export class XenStore {
   /** Nodes in the store, the root included. */
   get nodeCount(): number {
     return this.#core.tree.nodeCount;
+  }
+
+  /** Transactions open now, over every connection. */
+  get openTransactions(): number {
+    return this.#core.openTransactions;
+  }
+
+  /** Watches held now, over every connection. */
+  get watchCount(): number {
+    let count = 0;
+    for (const connection of this.#core.connections) count += connection.watchCount;
+    return count;
   }
 
   /** Nodes owned by `domid`. */

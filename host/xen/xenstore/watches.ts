@@ -40,6 +40,11 @@ export class WatchList {
     this.#max = max;
   }
 
+  /** Watches held. */
+  get size(): number {
+    return this.#watches.length;
+  }
+
   /** Adds a watch; EEXIST if the same path and token are already watched, E2BIG over the limit. */
   add(watch: Watch): void {
     if (this.#watches.some((w) => w.path === watch.path && w.token === watch.token)) {
