@@ -163,6 +163,8 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
         captureDiskWrites(machine, epochDiskWrites, writer);
         disks.captured(checkpoint);
         const sealed = gate.seal(epochOutputs);
+        // Counted now: the gate releases them by taking them out of this very array.
+        const sealedBytes = sealed.reduce((n, o) => n + o.data.length, 0);
         gate.hold(checkpoint, sealed);
         epochOutputs = [];
         epochDiskWrites = [];
@@ -184,7 +186,7 @@ export function replicate(machine: Machine, transport: Transport, options: Repli
         options.onCommitted?.(stats);
         // Acknowledged: the standby can reproduce them now. The gate may still refuse (lease lost).
         if (!gate.acknowledge(checkpoint)) throw fenced();
-        for (const o of sealed) held -= o.data.length;
+        held -= sealedBytes;
         if (throttled && held <= maxHeld) {
           throttled = false;
           await machine.resume();
