@@ -132,8 +132,14 @@ export class PairMetrics extends ProcessMetrics {
     if (result.failoverMs !== undefined) this.#failover.set(result.failoverMs / 1000);
   };
 
-  /** As a standby, a checkpoint applied in `applyMs` (the standby's `onApplied`). */
-  readonly applied = (applied: { checkpoint: number; applyMs: number }): void => {
+  /**
+   * As a standby, a checkpoint applied in `applyMs` (the standby's `onApplied`). Its generation is
+   * the pair's as this side knows it (the state machine's notices give a standby only the lowest
+   * generation it accepts).
+   */
+  readonly applied = (applied: { checkpoint: number; generation: number; applyMs: number }): void => {
+    this.#generation = applied.generation;
+    this.#generationGauge.set(applied.generation);
     this.#applied++;
     this.#lastAppliedAt = Date.now();
     this.#appliedCount.inc();

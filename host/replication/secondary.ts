@@ -45,8 +45,8 @@ export interface StandbyOptions {
   signal?: AbortSignal;
   /** Options of the transaction receiver. */
   receiver?: ReceiverOptions;
-  /** Told of each checkpoint applied, with how long applying it took (for metrics). */
-  onApplied?: (applied: { checkpoint: number; applyMs: number }) => void;
+  /** Told of each checkpoint applied, its generation, and how long applying it took (for metrics). */
+  onApplied?: (applied: { checkpoint: number; generation: number; applyMs: number }) => void;
   /**
    * Image files for the machine's disks, by index (each the machine's disk): checkpoints are
    * applied to them through a journal and recorded beside them. Disks without one are written
@@ -158,7 +158,7 @@ export function standby(machine: Machine, transport: Transport, options: Standby
       }
       const applyStarted = performance.now();
       const applied = onDisk(() => applyCheckpoint(machine, records, codec, devices, disks)); // all or nothing
-      options.onApplied?.({ checkpoint: applied.checkpoint, applyMs: performance.now() - applyStarted });
+      options.onApplied?.({ checkpoint: applied.checkpoint, generation: applied.generation, applyMs: performance.now() - applyStarted });
       last = applied;
       generation = applied.generation;
       devices = applied.devices ?? devices;

@@ -84,6 +84,7 @@ test("the primary's and the standby's metrics say what the pair did, before and 
   const s = await scrape(secondaryUrl);
   assert.is(s.value("tandem_info", { command: "secondary" }), 1);
   assert.is(s.value("tandem_pair_state", { state: "standing-by" }), 1);
+  assert.is(s.value("tandem_pair_generation"), 1, "the generation of the checkpoints it holds");
   const applied = s.value("tandem_standby_checkpoints_applied_total");
   assert.ok(applied >= 5, `${applied} checkpoints applied`);
   const applyTimes = histogram(s, "tandem_standby_apply_seconds").count;
