@@ -9,7 +9,8 @@
  *
  * A passt that tandem starts outlives it, as the network outlives either host: the standby of a
  * killed primary connects to the same socket (`--net socket:PATH`) and the guest's TCP
- * connections go on. It is stopped when the process that started it stops cleanly.
+ * connections go on. It is stopped when the process that started it stops cleanly while still
+ * running the guest (not after it was fenced: the new owner is using it).
  */
 
 import type { NetworkEvent, NetworkSpec } from "../net/guest-network.ts";

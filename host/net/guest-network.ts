@@ -108,13 +108,17 @@ export class GuestNetwork {
     this.#bridge.release(frame);
   }
 
-  /** Hangs up and stops the passt this host started. */
+  /**
+   * Hangs up, and stops the passt this host started if the guest still runs here. A host that
+   * handed the guest over (fenced: {@link down} was called) leaves passt to the new owner.
+   */
   async close(): Promise<void> {
+    const running = this.#wanted;
     this.#closed = true;
     this.down();
     await this.#connecting?.catch(() => {});
     this.down();
-    await this.#passt?.stop();
+    if (running) await this.#passt?.stop();
   }
 
   async #connect(): Promise<void> {
@@ -146,6 +150,7 @@ export class GuestNetwork {
 
   #retryLater(): void {
     clearTimeout(this.#retry);
+    if (!this.#wanted || this.#closed) return;
     this.#retry = setTimeout(() => {
       if (this.#wanted && !this.#closed) this.up().catch(() => {}); // up() reports and schedules the next try
     }, RECONNECT_DELAY_MS);
