@@ -35,8 +35,8 @@ export interface PasstOptions {
   socketPath?: string;
   /**
    * Let passt outlive this process: started in its own session, not waited for, its messages
-   * written to a file beside the socket rather than to a pipe that this process's death would
-   * break. A pair's primary starts passt this way, so that a standby can take over the network
+   * written to a file beside the socket (SOCKET.log, or passt.log in the private folder) rather
+   * than to a pipe that this process's death would break. A pair's primary starts passt this way, so that a standby can take over the network
    * (and its open TCP connections) after the primary is killed.
    */
   outliveCaller?: boolean;
@@ -57,8 +57,8 @@ const DEFAULT_START_TIMEOUT_MS = 10_000;
 const POLL_MS = 25;
 
 /**
- * Starts passt in the foreground on a socket in a new private folder. Started as root, passt
- * drops to `nobody`, so the folder is made writable for it. Rejects E_NET_UNAVAILABLE, with
+ * Starts passt in the foreground on a socket in a new private folder (or at `socketPath`).
+ * Started as root, passt drops to `nobody`, so the folder is made writable for it. Rejects E_NET_UNAVAILABLE, with
  * passt's own words, if it cannot be run or does not come up.
  */
 export async function startPasst(options: PasstOptions = {}): Promise<Passt> {
@@ -72,14 +72,15 @@ export async function startPasst(options: PasstOptions = {}): Promise<Passt> {
     }
     rmSync(options.socketPath, { force: true });
   }
-  const dir = mkdtempSync(join(tmpdir(), "tandem-passt-"));
-  chmodSync(dir, 0o777); // passt started as root runs as nobody, and binds its socket here
-  const socketPath = options.socketPath ?? join(dir, "passt.socket");
+  // A private folder only when no socket path is given: one that outlives us is not left behind.
+  const dir = options.socketPath === undefined ? mkdtempSync(join(tmpdir(), "tandem-passt-")) : undefined;
+  if (dir) chmodSync(dir, 0o777); // passt started as root runs as nobody, and binds its socket here
+  const socketPath = options.socketPath ?? join(dir!, "passt.socket");
   const args = ["-f", "-e", "-q", "-s", socketPath, "-m", String(mtu)];
   for (const spec of options.tcpForwards ?? []) args.push("-t", spec);
   args.push(...(options.extraArgs ?? []));
   const command = options.command ?? "passt";
-  const logPath = join(dir, "passt.log");
+  const logPath = dir ? join(dir, "passt.log") : `${socketPath}.log`;
   const logFd = options.outliveCaller ? openSync(logPath, "w") : undefined;
   const child = spawn(command, args, { stdio: ["ignore", "ignore", logFd ?? "pipe"], detached: options.outliveCaller === true });
   if (logFd !== undefined) {
@@ -96,8 +97,9 @@ export async function startPasst(options: PasstOptions = {}): Promise<Passt> {
     child.once("exit", (code, signal) => resolve(`exited ${signal ?? code}`));
   });
   const cleanup = () => {
-    rmSync(dir, { recursive: true, force: true });
-    if (options.socketPath !== undefined) rmSync(options.socketPath, { force: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
+    else rmSync(socketPath, { force: true });
+    if (logFd !== undefined) rmSync(logPath, { force: true });
   };
   const deadline = performance.now() + (options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS);
   let early: string | undefined;
