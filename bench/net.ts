@@ -38,6 +38,8 @@ const PHASES = 4; // alone, replicated, alone, replicated…
 const RTT_SAMPLES = 40;
 const STREAM_MS = 3000;
 const READY_TIMEOUT_MS = 900_000;
+/** The longest one connect or one echo may take before the bench gives up (a loaded machine is slow, not this slow). */
+const WAIT_MS = 30_000;
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -52,8 +54,18 @@ function freePort(): Promise<number> {
 
 function connectTo(port: number): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ port, host: "127.0.0.1" }, () => resolve(socket));
-    socket.once("error", reject);
+    const socket = net.connect({ port, host: "127.0.0.1" }, () => {
+      clearTimeout(timer);
+      resolve(socket);
+    });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`no connection through passt to port ${port} within ${WAIT_MS} ms`));
+    }, WAIT_MS);
+    socket.once("error", (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
     socket.setNoDelay(true);
   });
 }
@@ -62,12 +74,36 @@ function connectTo(port: number): Promise<net.Socket> {
 async function roundTrips(port: number): Promise<number> {
   const socket = await connectTo(port);
   const times: number[] = [];
+  // Bytes are counted, not "data" events: two echoes may arrive in one chunk.
+  let received = 0;
+  let wake: () => void = () => {};
+  let ended: string | undefined;
+  socket.on("data", (chunk: Uint8Array) => {
+    received += chunk.length;
+    wake();
+  });
+  socket.on("close", () => {
+    ended ??= "the connection closed";
+    wake();
+  });
+  socket.on("error", (error) => {
+    ended = error.message;
+    wake();
+  });
   try {
     for (let i = 0; i < RTT_SAMPLES + 3; i++) {
       const sent = performance.now();
-      const back = new Promise<void>((resolve) => socket.once("data", () => resolve()));
       socket.write("x");
-      await back;
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no echo within ${WAIT_MS} ms (round trip ${i + 1})`)), WAIT_MS);
+        wake = () => {
+          if (received < i + 1 && ended === undefined) return;
+          clearTimeout(timer);
+          if (received >= i + 1) resolve();
+          else reject(new Error(`round trip ${i + 1}: ${ended}`));
+        };
+        wake();
+      });
       if (i >= 3) times.push(performance.now() - sent); // the first few set up the connection's paths
     }
   } finally {
@@ -134,7 +170,13 @@ export async function runNetSuite(progress: Progress): Promise<Record<string, nu
           replicate(machine, a, { intervalMs: INTERVAL_MS, signal: stop.signal, release: (o) => alone(o), onCommitted: (s) => void commits.push(s.commitMs) }).promise,
           sb.promise,
         ]);
-        await new Promise((resolve) => setTimeout(resolve, 1000)); // past the first, whole-RAM checkpoint
+        // Past the first, whole-RAM checkpoint, and a second: measured in the steady state.
+        const before = commits.length;
+        const deadline = performance.now() + 4 * WAIT_MS;
+        while (commits.length < before + 2) {
+          if (performance.now() > deadline) throw new Error(`no checkpoint committed within ${4 * WAIT_MS} ms`);
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
       }
       (replicated ? rtt.replicated : rtt.alone).push(await roundTrips(echoPort));
       (replicated ? rate.replicated : rate.alone).push(await stream(countPort));
