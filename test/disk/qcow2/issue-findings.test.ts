@@ -39,6 +39,14 @@ function written(cs: number, size: string, written: string): string {
   return path;
 }
 
+/** Reads through qemu-io (read-only), each command's pattern checked; fails on any error. */
+function assertReads(path: string, ...commands: string[]): void {
+  const read = runQemu("qemu-io", ["-r", ...commands.flatMap((c) => ["-c", c]), path]);
+  const output = read.stdout + read.stderr;
+  assert.is(read.status, 0, output);
+  assert.not.match(output, /verification failed|error/i, output);
+}
+
 /** Repairs `path` with tandem and a copy with qemu-img; returns qemu-img check's errors after each. */
 async function repairBoth(path: string): Promise<{ ours: number; theirs: number; output: string }> {
   const theirs = `${path}.qemu.qcow2`;
@@ -61,9 +69,7 @@ test("1: one L2 entry pointed at EOF + 10 clusters (512-byte clusters, 8M writte
   const check = runQemu("qemu-img", ["check", path]);
   assert.not.match(check.stdout + check.stderr, /has \d+ references/, "no refcount block referenced twice");
   // The cluster past the end read as zeros before the repair; it still does, and the rest is intact.
-  const read = runQemu("qemu-io", ["-r", "-c", "read -P 0 0 512", "-c", "read -P 0x5a 512 8387584", path]);
-  assert.is(read.status, 0, read.stderr);
-  assert.not.match(read.stdout + read.stderr, /verification failed|error/i, read.stdout + read.stderr);
+  assertReads(path, "read -P 0 0 512", "read -P 0x5a 512 8387584");
 });
 
 test("3: a misaligned L1 entry: repair frees nothing the tables reference; no more errors than qemu-img's repair", async () => {
@@ -78,9 +84,7 @@ test("3: a misaligned L1 entry: repair frees nothing the tables reference; no mo
   const second = layout.l1[1];
   assert.ok(second !== undefined, "a second L2 table");
   const perTable = (512 / 8) * 512;
-  const read = runQemu("qemu-io", ["-r", "-c", `read -P 0x5a ${perTable} ${8 * 1024 * 1024 - perTable}`, path]);
-  assert.is(read.status, 0, read.stderr);
-  assert.not.match(read.stdout + read.stderr, /verification failed|error/i, read.stdout + read.stderr);
+  assertReads(path, `read -P 0x5a ${perTable} ${8 * 1024 * 1024 - perTable}`);
 });
 
 test("4: a refcount table lost to truncation (data cut off with it): check reports it, repair rebuilds the refcounts, convert then reads what qemu-img reads", async () => {
