@@ -112,11 +112,12 @@ export interface GuestFromOptions {
  * (the reference machine ticks every millisecond, the v86 guest --hz times a second).
  */
 export async function guestFrom(values: GuestValues, options: GuestFromOptions = {}): Promise<CliGuest> {
-  const described = describedGuest(values);
+  const onImage = values.guest === "reference" && values.hda !== undefined;
+  const described = onImage ? undefined : describedGuest(values);
   if (options.network && !described && values.guest !== "linux") {
     throw new TandemError(ErrorCode.BadArgument, `--net needs a guest with a network driver: --guest linux, or a v86 guest of your own (--guest-file, --bzimage...); --guest ${values.guest} has none`);
   }
-  if (values.guest === "reference" && values.hda !== undefined) return referenceOnImage(values, options);
+  if (onImage) return referenceOnImage(values, options);
   if (described) return describedFrom(options.ownDisksIn === undefined ? described : withOwnDisks(described, options.ownDisksIn), values, options);
   const { dirty, hz } = values;
   if (values.disk !== undefined && values.guest !== "linux") throw new TandemError(ErrorCode.BadArgument, `--disk is the Linux guest's; --guest ${values.guest} keeps its disk in memory`);
