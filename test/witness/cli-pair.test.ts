@@ -21,7 +21,14 @@ test.before(async () => {
   if (etcdTest("pair processes with a witness")) etcd = await startLocalEtcd();
 });
 test.after(async () => {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+  for (const child of children) {
+    if (child.exitCode !== null || child.signalCode !== null) continue;
+    try {
+      process.kill(child.pid!, "SIGKILL"); // by pid: Deno's ChildProcess.kill ignores every call after its first
+    } catch {
+      // it exited meanwhile
+    }
+  }
   await etcd?.stop();
   rmSync(dir, { recursive: true, force: true });
 });
@@ -79,8 +86,14 @@ class Host {
   get state(): string | undefined {
     return this.states[this.states.length - 1]?.state;
   }
+  /** Sends `signal` by pid: Deno's ChildProcess.kill ignores every call after its first (SIGSTOP, then SIGCONT). */
   kill(signal: NodeJS.Signals = "SIGKILL"): void {
-    this.child.kill(signal);
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    try {
+      process.kill(this.child.pid!, signal);
+    } catch {
+      // it exited meanwhile
+    }
   }
 }
 
